@@ -1,0 +1,49 @@
+"""`sfedge` command line: parse flags, call one library function per command.
+
+Each command lives in sfedge/commands/<name>.py with `HELP`, `add_arguments(parser)` and
+`run(args) -> int`; heavy imports (torch, onnxruntime) happen inside `run`, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .errors import SfedgeError
+
+COMMANDS = ("demo", "ask", "export", "verify", "bench", "make-tiny", "make-clip")
+
+
+def _module(name: str):
+    return importlib.import_module(f"sfedge.commands.{name.replace('-', '_')}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sfedge", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"sfedge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        mod = _module(name)
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except SfedgeError as e:
+        print(f"sfedge {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"sfedge {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
