@@ -17,7 +17,13 @@ COMMANDS = ("demo", "ask", "export", "verify", "bench", "make-tiny", "make-clip"
 
 
 def _module(name: str):
-    return importlib.import_module(f"sfedge.commands.{name.replace('-', '_')}")
+    modname = f"sfedge.commands.{name.replace('-', '_')}"
+    try:
+        return importlib.import_module(modname)
+    except ModuleNotFoundError as e:
+        if e.name == modname:  # command not built yet (tests check that every command has one)
+            return None
+        raise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         mod = _module(name)
+        if mod is None:
+            continue
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from .spec import IMAGE_TOKEN
 
@@ -86,3 +86,8 @@ def tokenize_prompt(prompt: str, encode: Callable[[str], list[int]], bos_token_i
             ids.extend([image_token_id])
         ids.extend(chunk[offset:])
     return ids
+
+
+def detect_family(vocab: Iterable[str]) -> str:
+    """"chatml" for tokenizers that know `<|im_start|>` (Yi-34B), else "vicuna" (Vicuna, Mistral)."""
+    return "chatml" if "<|im_start|>" in vocab else "vicuna"
