@@ -32,6 +32,51 @@ Torch-free. Schema (version 1):
 
     IO = {"name": "pixel_values", "dtype": "float32", "shape": ["T", 3, 336, 336],
           "dynamic": {"T": [1, 64]}}
+
+Extensions written by `sfedge export` (sfedge/export/), all under schema version 1:
+
+    "slowfast_name": "slow_10frms_spatial_1d_max_pool-fast_4x4",
+    "export_seconds": 26.6,
+    "pipeline": {"sampling": {"num_frames": min(50, max_frames)}, ...},
+    "model": {..., "eos_token_ids": [2]},                 # every id that ends generation
+    "components": {
+      "vision":   {..., "precision": "fp32" | "fp16", "opset": 18},   # pixels always float32;
+      "slowfast": {..., "precision": ..., "opset": 18},               # features/visual_tokens in
+                                                                      # the precision's dtype
+      "llm": {
+        "path": "llm/model.onnx", "genai_config": "llm/genai_config.json",
+        "builder": "onnxruntime-genai model builder, exclude_embeds=true",
+        "precision": "fp32" | "fp16" | "int4",   # what was built: fp16 on cpu builds fp32
+        "execution_provider": "cpu" | "cuda",
+        "inputs":  [inputs_embeds [batch_size, sequence_length, D] (kv dtype),
+                    attention_mask int64 [batch_size, total_sequence_length],
+                    (position_ids int64 [batch_size, sequence_length], only if "position_ids"),
+                    past_key_values.{i}.key / .value [batch_size, H_kv, past_sequence_length, d]],
+        "outputs": [logits [batch_size, sequence_length, V] (kv dtype),
+                    present.{i}.key / .value [batch_size, H_kv, total_sequence_length, d]],
+        "attention": "GroupQueryAttention" | "MultiHeadAttention",
+        "quantized_matmul": bool,                # MatMulNBits (int4)
+        "position_ids": bool,                    # False for GQA: positions come from attention_mask
+        "kv_cache": {"past_key": "past_key_values.%d.key", "past_value": "past_key_values.%d.value",
+                     "present_key": "present.%d.key", "present_value": "present.%d.value",
+                     "layout": ["batch_size", "num_kv_heads", "sequence", "head_dim"],
+                     "num_layers": L, "num_kv_heads": H_kv, "head_dim": d, "dtype": "float32",
+                     "max_length": 4096, "past_present_share_buffer": true}
+      },
+      "embeddings": {..., "dtype": the llm's inputs_embeds dtype},
+      "tokenizer": {"path": "tokenizer", "files": ["tokenizer.json", ...]}
+    },
+    "source": {"name": "tiny" | as given, ...},
+    "validation": {"metric": ..., "frame_counts": [1, 7, 50], "passed": true,
+                   "vision" | "slowfast" | "llm" | "chain": {"precision", "rel_tol", "min_cosine",
+                       "rel", "max_abs", "cosine", "passed", "failure", "cases": {case: errors}}}
+
+Driving the LLM (GroupQueryAttention builds): attention_mask is all ones over past + current tokens,
+and its row sum tells GQA the total length (positions are derived from it). With
+past_present_share_buffer true the runtime may preallocate past_key_values.{i} as
+[1, H_kv, max_length, d] once, pass the same buffers as present outputs (ORT IO binding), and keep
+attention_mask's length = tokens so far; the graph also accepts an unshared, growing cache (past
+length = tokens so far, present = past + new), which is what export validation uses.
 """
 
 from __future__ import annotations

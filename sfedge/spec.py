@@ -92,6 +92,7 @@ class GenerationSpec:
     top_p: float = 1.0
     top_k: int = 0  # 0 = no top-k filter
     seed: int | None = None
+    ignore_eos: bool = False  # benchmarks: always generate exactly max_new_tokens
 
     @property
     def greedy(self) -> bool:

@@ -1,0 +1,1 @@
+"""`sfedge bench`: per-stage latency of the engines vs the PyTorch reference, with roofline floors."""

@@ -1,0 +1,246 @@
+"""The bench loop: warm up, then time every stage of the engines and of the PyTorch reference on
+the same frames and prompt, with a fixed number of new tokens (EOS ignored).
+
+Stages (ms): decode_video, preprocess, vision, slowfast, prefill (= time to first token, from the
+end of pooling), decode_ms_per_token, e2e (wall clock of one whole answer). The engines' stages come
+from `Pipeline.ask(...).timings_ms`; the reference is timed step by step around
+`SlowFastLlava`'s methods, with its prefill timed as a 1-token generate and its decode as
+(N-token generate - prefill) / (N - 1).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..cache import cache_dir
+from ..manifest import load_manifest
+from ..spec import GenerationSpec, PipelineSpec
+from . import roofline
+from .memory import PeakMonitor, gpu_used_mb
+from .stats import ratio, summarize_runs
+
+QUESTION = "What is happening in the video?"
+STAGES = ("decode_video", "preprocess", "vision", "slowfast", "prefill", "decode_ms_per_token", "e2e")
+
+
+@dataclass
+class BenchConfig:
+    engines: Path
+    video: Path
+    new_tokens: int = 128
+    runs: int = 3
+    warmup: int = 1
+    provider: str = "cpu"
+    reference: bool = True
+    model: str | None = None  # reference checkpoint; default: the manifest's source checkpoint
+    roofline: bool = True
+    question: str = QUESTION
+
+
+@dataclass
+class SideResult:
+    """One side's runs (engines or reference): per-run stage ms, peak memory, extras."""
+
+    runs: list[dict] = field(default_factory=list)
+    peak_rss_mb: float | None = None
+    peak_gpu_mb: float | None = None
+    info: dict = field(default_factory=dict)
+
+
+def synthetic_clip(frames: int, seed: int = 0) -> Path:
+    """A synthetic clip of `frames` frames (sfedge.synthetic), made once in the cache."""
+    from ..synthetic import make_clip
+
+    path = cache_dir() / "bench" / f"clip-{frames}f-s{seed}.mp4"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.mp4")
+        make_clip(tmp, num_frames=frames, seed=seed)
+        tmp.rename(path)
+    return path
+
+
+def _engine_run(res, wall_ms: float) -> dict:
+    t = res.timings_ms
+    n = len(res.token_ids)
+    run = {k: float(t[k]) for k in ("decode_video", "preprocess", "vision", "slowfast", "prefill") if k in t}
+    run["decode_ms_per_token"] = float(t["decode"]) / max(1, n - 1)  # the first token comes from prefill
+    run["e2e"] = wall_ms
+    run["new_tokens"] = n
+    return run
+
+
+def bench_engines(cfg: BenchConfig, gen: GenerationSpec, on_cuda: bool) -> SideResult:
+    from ..runtime.pipeline import Pipeline
+
+    side = SideResult()
+    baseline = gpu_used_mb() if on_cuda else None
+    with PeakMonitor(gpu=on_cuda, gpu_baseline_mb=baseline) as mon:
+        pipe = Pipeline(cfg.engines, provider=cfg.provider)
+        for i in range(cfg.warmup + cfg.runs):
+            t0 = time.perf_counter()
+            res = pipe.ask(cfg.video, cfg.question, gen=gen)
+            wall = (time.perf_counter() - t0) * 1e3
+            if i >= cfg.warmup:
+                side.runs.append(_engine_run(res, wall))
+    side.peak_rss_mb, side.peak_gpu_mb = mon.peak_rss_mb, mon.peak_gpu_mb
+    side.info = {"frames": len(res.frame_indices), "visual_tokens": res.num_visual_tokens}
+    del pipe
+    gc.collect()
+    return side
+
+
+def reference_dtype(precision: str, on_cuda: bool) -> str:
+    """Same precision as the engines where torch can: fp16 (also for int4 engines) on CUDA, fp32 on CPU."""
+    return "float16" if on_cuda and precision in ("fp16", "int4") else "float32"
+
+
+def bench_reference(cfg: BenchConfig, gen: GenerationSpec, spec: PipelineSpec, checkpoint: str,
+                    dtype: str, on_cuda: bool) -> SideResult:
+    import torch
+
+    from ..reference.model import SlowFastLlava
+    from ..runtime.preprocess import preprocess
+    from ..runtime.video import load_video
+
+    device = "cuda" if on_cuda else "cpu"
+    sync = torch.cuda.synchronize if on_cuda else (lambda: None)
+    side = SideResult(info={"dtype": dtype, "checkpoint": checkpoint})
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    with PeakMonitor() as mon:
+        ref = SlowFastLlava.from_pretrained(checkpoint, dtype=getattr(torch, dtype), device=device, spec=spec)
+        one = GenerationSpec(max_new_tokens=1, ignore_eos=True)
+        for i in range(cfg.warmup + cfg.runs):
+            marks = [time.perf_counter()]
+
+            def mark() -> None:
+                sync()
+                marks.append(time.perf_counter())
+
+            clip = load_video(cfg.video, spec.sampling.num_frames)
+            mark()
+            pixels = torch.from_numpy(preprocess(clip.frames, spec.preprocess))
+            mark()
+            feats = ref.vision_features(pixels)
+            mark()
+            visual = ref.pool(feats)
+            mark()
+            embeds = ref.inputs_embeds(ref.prompt_ids(cfg.question), visual)
+            mark()
+            new_ids = ref.generate(embeds, gen)
+            mark()
+            ms = [(b - a) * 1e3 for a, b in zip(marks, marks[1:])]  # ..., slowfast, splice, generate
+            t_first = time.perf_counter()
+            ref.generate(embeds, one)
+            sync()
+            prefill = (time.perf_counter() - t_first) * 1e3
+            if i >= cfg.warmup:
+                side.runs.append({
+                    "decode_video": ms[0], "preprocess": ms[1], "vision": ms[2], "slowfast": ms[3],
+                    "prefill": prefill, "decode_ms_per_token": (ms[5] - prefill) / max(1, len(new_ids) - 1),
+                    "e2e": sum(ms), "new_tokens": len(new_ids),
+                })
+    side.peak_rss_mb = mon.peak_rss_mb
+    if on_cuda:
+        side.peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20
+    side.info.update(frames=int(pixels.shape[0]), visual_tokens=int(visual.shape[0]), prefill_tokens=embeds.shape[1],
+                     weight_bytes=sum(p.numel() * p.element_size() for n, p in ref.model.named_parameters()
+                                      if "language_model" in n and "embed_tokens" not in n)
+                     + ref.model.lm_head.weight.numel() * ref.model.lm_head.weight.element_size())
+    del ref
+    gc.collect()
+    if on_cuda:
+        torch.cuda.empty_cache()
+    return side
+
+
+def _llm_file_bytes(engines: Path, manifest: dict) -> int:
+    """Bytes of the LLM graph and its weights on disk: what one decode step must read."""
+    llm_dir = (engines / manifest["components"]["llm"]["path"]).parent
+    return sum(p.stat().st_size for p in llm_dir.rglob("*") if p.is_file()
+               and (p.suffix in (".onnx", ".data") or p.name.endswith(".onnx.data")))
+
+
+def _prefill_tokens(engines: Path, manifest: dict, question: str, visual_tokens: int) -> int:
+    from ..prompts import build_prompt, detect_family, tokenize_prompt
+    from ..runtime.tokenizer import TextTokenizer
+
+    tok = TextTokenizer(engines / manifest["components"]["tokenizer"]["path"])
+    m = manifest["model"]
+    prompt = build_prompt(question, None, manifest.get("prompt_family") or detect_family(tok.vocab()))
+    ids = tokenize_prompt(prompt, tok.encode, m.get("bos_token_id"), m["image_token_id"])
+    return len(ids) - 1 + visual_tokens
+
+
+def _checkpoint_config(checkpoint: str | None) -> dict | None:
+    from ..models.tiny import resolve_model
+
+    if checkpoint is None:
+        return None
+    try:
+        return json.loads((resolve_model(checkpoint) / "config.json").read_text())
+    except Exception:  # noqa: BLE001 - the floors then leave the FLOP stages out
+        return None
+
+
+def _side_report(side: SideResult, floors: dict) -> dict:
+    stages = summarize_runs([{k: r[k] for k in STAGES if k in r} for r in side.runs])
+    med = {k: v["median"] for k, v in stages.items()}
+    per_token = med.get("decode_ms_per_token")
+    return {
+        "stages_ms": stages, "tokens_per_s": 1e3 / per_token if per_token else None,
+        "new_tokens": side.runs[-1]["new_tokens"], "peak_rss_mb": side.peak_rss_mb, "peak_gpu_mb": side.peak_gpu_mb,
+        "floors_ms": floors, "floor_fraction": {k: f / med[k] for k, f in floors.items() if med.get(k)},
+        **side.info,
+    }
+
+
+def run_bench(cfg: BenchConfig, log=print) -> dict:
+    """Run the whole benchmark; return the report dict (see report.py for its rendering)."""
+    manifest = load_manifest(cfg.engines, verify_files=False)
+    on_cuda = cfg.provider != "cpu"
+    spec = PipelineSpec.from_dict(manifest.get("pipeline", {}))
+    gen = GenerationSpec(max_new_tokens=cfg.new_tokens, ignore_eos=True)
+    precision = manifest.get("precision", "fp32")
+    checkpoint = cfg.model or manifest.get("source", {}).get("checkpoint")
+
+    ceilings = None
+    if cfg.roofline:
+        log("measuring ceilings (bandwidth, matmul rate) ...")
+        ceilings = roofline.measure_cuda() if on_cuda else roofline.measure_cpu()
+    log(f"engines: {cfg.engines} ({precision}, {cfg.provider}), {cfg.warmup} warmup + {cfg.runs} runs ...")
+    eng = bench_engines(cfg, gen, on_cuda)
+    cfg_dict = _checkpoint_config(checkpoint)
+    geom = roofline.Geometry.from_config(cfg_dict) if cfg_dict else None
+    n_prefill = _prefill_tokens(cfg.engines, manifest, cfg.question, eng.info["visual_tokens"])
+    act = 4 if precision == "fp32" else 2
+
+    def floors(weight_bytes: float, act_bytes: int) -> dict:
+        if ceilings is None:
+            return {}
+        return roofline.floors_ms(geom, ceilings, frames=eng.info["frames"], prefill_tokens=n_prefill,
+                                  new_tokens=cfg.new_tokens, weight_bytes=weight_bytes, act_bytes=act_bytes)
+
+    report = {
+        "engines": str(cfg.engines), "provider": cfg.provider, "precision": precision, "video": str(cfg.video),
+        "frames": eng.info["frames"], "visual_tokens": eng.info["visual_tokens"], "prefill_tokens": n_prefill,
+        "new_tokens": cfg.new_tokens, "runs": cfg.runs, "warmup": cfg.warmup, "ceilings": ceilings,
+        "engine": _side_report(eng, floors(_llm_file_bytes(cfg.engines, manifest), act)),
+        "reference": None, "speedup": None,
+    }
+    if cfg.reference:
+        if checkpoint is None:
+            raise ValueError("no reference checkpoint: pass --model or use --no-reference")
+        dtype = reference_dtype(precision, on_cuda)
+        log(f"reference: {checkpoint} ({dtype}, {'cuda' if on_cuda else 'cpu'}) ...")
+        ref = bench_reference(cfg, gen, spec, checkpoint, dtype, on_cuda)
+        ref_bytes = 2 if dtype == "float16" else 4
+        report["reference"] = _side_report(ref, floors(ref.info["weight_bytes"], ref_bytes))
+        e, r = report["engine"]["stages_ms"], report["reference"]["stages_ms"]
+        report["speedup"] = {k: ratio(r[k]["median"], e[k]["median"]) for k in STAGES if k in e and k in r}
+    return report

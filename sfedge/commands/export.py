@@ -1,0 +1,54 @@
+"""`sfedge export MODEL OUT`: checkpoint -> ONNX graphs + manifest, validated against PyTorch."""
+
+from __future__ import annotations
+
+from ..spec import SLOW_MODES, SlowFastSpec
+from ._common import add_json_flag, print_json
+
+HELP = "export a llava-hf LLaVA-NeXT checkpoint (or 'tiny') to ONNX graphs + manifest, validated against PyTorch"
+
+
+def add_arguments(p) -> None:
+    d = SlowFastSpec()
+    p.add_argument("model", help="local llava-hf checkpoint directory, or 'tiny' / 'tiny-mistral'")
+    p.add_argument("out", help="output directory (refused if it exists, unless --force)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int4"), default="fp32",
+                   help="fp32; fp16 (vision + slowfast fp16, LLM fp16 on cuda / fp32 on cpu); "
+                        "int4 (LLM MatMulNBits int4, block 32) (default: fp32)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="execution provider the graphs are built for (default: cpu)")
+    p.add_argument("--max-frames", type=int, default=64, help="largest T the graphs accept (default: 64)")
+    p.add_argument("--slow-frames", type=int, default=d.slow_frames, help=f"slow pathway frames S (default: {d.slow_frames})")
+    p.add_argument("--fast-grid", type=int, default=d.fast_grid, help=f"fast pathway grid G (default: {d.fast_grid})")
+    p.add_argument("--slow-mode", choices=SLOW_MODES, default=d.slow_mode, help=f"slow pooling (default: {d.slow_mode})")
+    p.add_argument("--no-validate", dest="validate", action="store_false", help="skip the parity checks against PyTorch")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists (only once the new export validated)")
+    add_json_flag(p)
+
+
+def run(args) -> int:
+    from ..errors import SfedgeError, ValidationError
+    from ..export import export_model
+
+    try:
+        slowfast = SlowFastSpec(slow_frames=args.slow_frames, slow_mode=args.slow_mode, fast_grid=args.fast_grid)
+    except ValueError as e:
+        raise SfedgeError(str(e)) from None
+    try:
+        manifest = export_model(args.model, args.out, precision=args.precision, device=args.device,
+                                max_frames=args.max_frames, slowfast=slowfast, validate=args.validate,
+                                force=args.force, progress=True)
+    except ValidationError as e:
+        if args.json:
+            print_json({"ok": False, "error": str(e), "validation": getattr(e, "report", None)})
+        raise
+    if args.json:
+        print_json({"ok": True, "out": args.out, "precision": manifest["precision"],
+                    "export_seconds": manifest["export_seconds"], "validation": manifest["validation"]})
+    else:
+        v = manifest["validation"]
+        status = "not validated" if v is None else "validated: " + ", ".join(
+            f"{k} rel {v[k]['rel']:.2e} cos {v[k]['cosine']:.4f}" for k in ("vision", "slowfast", "llm", "chain"))
+        print(f"exported {args.model} -> {args.out} ({manifest['precision']}, {manifest['device']}) in "
+              f"{manifest['export_seconds']:.1f} s; {status}")
+    return 0

@@ -1,0 +1,177 @@
+"""`export_model`: a llava-hf LLaVA-NeXT checkpoint -> an engines directory (ONNX + manifest).
+
+OUT holds:
+
+    vision.onnx (+ .data)     pixel_values [T,3,336,336] f32 -> features [T,576,D]
+    slowfast.onnx (+ .data)   features [T,576,D] -> visual_tokens [S*k + T*G*G, D]
+    llm/model.onnx (+ .data)  onnxruntime-genai decoder: inputs_embeds + KV cache -> logits
+    llm/genai_config.json     the builder's config (+ its copy of the tokenizer)
+    embeddings.npy            token-embedding table [V, D] in the decoder's input dtype
+    tokenizer/                the checkpoint's tokenizer files
+    manifest.json             the contract (sfedge/manifest.py), incl. the validation report
+
+Order keeps peak RAM near one model: the text checkpoint is streamed shard by shard, the builder
+runs in a subprocess while this process holds no weights, and only then is the PyTorch reference
+loaded (vision / slowfast export, then every expected output for validation); it is freed before
+the ONNX sessions that validation runs are made. Everything is built in `OUT.partial-*` beside
+OUT and renamed to OUT only after validation passed; on any failure the partial directory is
+removed, and with --force an existing OUT is replaced only then.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from ..errors import SfedgeError
+from ..spec import PipelineSpec, SamplingSpec, SlowFastSpec
+
+PRECISIONS = ("fp32", "fp16", "int4")
+DEVICES = ("cpu", "cuda")
+STAGES = ("text model", "LLM builder", "reference", "vision", "slowfast", "manifest", "reference outputs",
+          "validate vision", "validate slowfast", "validate llm", "validate chain")
+
+
+def vision_precision(precision: str, device: str) -> str:
+    """fp32 and fp16 as asked; int4 quantizes the LLM only, its vision is fp16 on cuda, fp32 on cpu."""
+    return "fp16" if precision == "fp16" or (precision, device) == ("int4", "cuda") else "fp32"
+
+
+def export_model(model: str | Path, out: str | Path, precision: str = "fp32", device: str = "cpu",
+                 max_frames: int = 64, slowfast: SlowFastSpec = SlowFastSpec(), validate: bool = True,
+                 force: bool = False, progress: bool = True) -> dict:
+    """Export `model` ("tiny" or a checkpoint dir) to `out`; return the manifest as written
+    (incl. "validation", None with validate=False). Raises SfedgeError on bad input (exit 2),
+    ValidationError when a graph disagrees with PyTorch beyond its tolerance (exit 1)."""
+    from ..models.tiny import resolve_model
+
+    if precision not in PRECISIONS:
+        raise SfedgeError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if device not in DEVICES:
+        raise SfedgeError(f"device must be one of {DEVICES}, got {device!r}")
+    if max_frames < 1:
+        raise SfedgeError(f"max_frames must be >= 1, got {max_frames}")
+    ckpt = resolve_model(model)
+    out = Path(out)
+    if out.exists() and not force:
+        raise SfedgeError(f"{out} exists (use --force to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f"{out.name}.partial-", dir=out.parent))
+    try:
+        manifest = _build(str(model), ckpt, partial, precision, device, max_frames, slowfast, validate, progress)
+        _default_permissions(partial)
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_frames: int,
+           slowfast: SlowFastSpec, validate: bool, progress: bool) -> dict:
+    import numpy as np
+    import torch
+
+    from .. import __version__
+    from ..manifest import write_manifest
+    from ..reference.model import SlowFastLlava
+    from . import llm as llm_mod
+    from .manifest_build import component_entry, model_block, read_manifest, source_identity, versions
+    from .slowfast import export_slowfast
+    from .validate import compare, reference_cases
+    from .vision import export_vision
+
+    started = time.perf_counter()
+    bar = _Stages(STAGES if validate else STAGES[:6], progress)
+    bar.step("text model")
+    emb_dtype = llm_mod.io_dtype(precision, device)
+    with tempfile.TemporaryDirectory(prefix=".sfedge-text-", dir=root.parent) as scratch:
+        scratch = Path(scratch)
+        llm_mod.save_text_checkpoint(ckpt, scratch / "text", root / "embeddings.npy", emb_dtype)
+        bar.step("LLM builder")
+        llm_mod.run_builder(scratch / "text", root / "llm", precision, device, scratch / "builder.log")
+    llm = llm_mod.describe_llm(root / "llm", "llm", precision, device)
+    tokenizer_files = llm_mod.copy_tokenizer(ckpt, root / "tokenizer")
+
+    bar.step("reference")
+    ref_device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
+    pipeline = PipelineSpec(sampling=SamplingSpec(min(SamplingSpec().num_frames, max_frames)), slowfast=slowfast)
+    ref = SlowFastLlava.from_pretrained(ckpt, torch.float32, ref_device, pipeline)
+    vprec = vision_precision(precision, device)
+    vdtype = torch.float16 if vprec == "fp16" else torch.float32
+    bar.step("vision")
+    _, vspec = export_vision(ref.model.cpu(), max_frames, root, vdtype)
+    ref.model.to(ref_device)
+    bar.step("slowfast")
+    hidden = ref.model.config.text_config.hidden_size
+    _, sspec = export_slowfast(slowfast, hidden, max_frames, root, vdtype)
+
+    bar.step("manifest")
+    table_shape = np.load(root / "embeddings.npy", mmap_mode="r").shape
+    manifest = {
+        "sfedge_version": __version__,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "precision": precision,
+        "device": device,
+        "quantization": llm_mod.quantization(precision, device),
+        "pipeline": pipeline.to_dict(),
+        "slowfast_name": slowfast.name(),
+        "prompt_family": ref.prompt_family,
+        "model": model_block(ref, llm, table_shape, max_frames),
+        "components": {
+            "vision": component_entry(root, vspec, vprec),
+            "slowfast": component_entry(root, sspec, vprec),
+            "llm": llm,
+            "embeddings": {"path": "embeddings.npy", "dtype": emb_dtype, "shape": list(table_shape)},
+            "tokenizer": {"path": "tokenizer", "files": sorted(tokenizer_files)},
+        },
+        "source": source_identity(name, ckpt),
+        "versions": versions(),
+        "validation": None,
+    }
+    if validate:
+        bar.step("reference outputs")
+        cases = reference_cases(ref, max_frames)
+    del ref  # the PyTorch model is gone before any ONNX session is made: peak RAM is one model
+    gc.collect()
+    if validate:
+        manifest["validation"] = compare(root, manifest, cases, device, on_step=lambda n: bar.step(f"validate {n}"))
+    manifest["export_seconds"] = round(time.perf_counter() - started, 2)
+    write_manifest(root, manifest)
+    bar.close()
+    return read_manifest(root)
+
+
+def _default_permissions(root: Path) -> None:
+    """mkdtemp makes 0700 and onnx writes external data 0600: give everything the umask's modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [root, *root.rglob("*")]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+
+
+class _Stages:
+    """One tqdm bar over the export's stages; `step(name)` finishes the previous stage."""
+
+    def __init__(self, names: tuple[str, ...], enabled: bool):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=len(names), desc="export", unit="stage", disable=not enabled)
+        self.started = False
+
+    def step(self, name: str) -> None:
+        if self.started:
+            self.bar.update(1)
+        self.started = True
+        self.bar.set_postfix_str(name)
+
+    def close(self) -> None:
+        self.bar.update(1)
+        self.bar.close()

@@ -1,0 +1,200 @@
+"""The LLM decoder: onnxruntime-genai's model builder on the checkpoint's language model.
+
+Steps (each keeps RAM near one copy of the weights at most):
+
+1. `save_text_checkpoint`: the LLaVA checkpoint's text model as a standalone Llama / Mistral HF
+   checkpoint in a scratch directory, streamed shard by shard with safetensors (one shard in RAM at
+   a time), with its tokenizer; the token-embedding table goes to OUT/embeddings.npy on the way.
+2. `run_builder`: `python -m onnxruntime_genai.models.builder` in a subprocess (offline,
+   `exclude_embeds=true`, so the graph takes `inputs_embeds`); the subprocess holds the weights
+   while this process holds nothing big, and returns all its memory when it ends.
+3. `describe_llm`: the decoder's I/O read back from the graph and its genai_config.json, in the
+   manifest's words (names, dtypes, KV-cache layout, shared past/present buffer).
+
+Precision mapping (what is built, recorded per component in the manifest):
+
+    requested  device  builder precision  why
+    fp32       any     fp32               -
+    fp16       cuda    fp16               GroupQueryAttention, fp16 I/O
+    fp16       cpu     fp32               the builder's fp16 CPU graph swaps GQA for MultiHeadAttention
+                                          without a shared KV buffer and needs position_ids; ORT's
+                                          CPU kernels gain nothing from fp16. fp16 on CPU therefore
+                                          means fp16 vision + slowfast and an fp32 LLM.
+    int4       any     int4               MatMulNBits, RTN symmetric, block 32; I/O fp32 on cpu,
+                                          fp16 on cuda; accuracy_level 4 (int8 activations) on cpu
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SfedgeError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "added_tokens.json", "chat_template.json", "chat_template.jinja")
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
+# checkpoint key prefix -> text-model key prefix (llava-hf hub layout, then transformers 5's own)
+_PREFIXES = (("language_model.model.", "model."), ("language_model.lm_head.", "lm_head."),
+             ("model.language_model.", "model."), ("lm_head.", "lm_head."))
+EMBED_KEY = "model.embed_tokens.weight"
+INT4_BLOCK_SIZE = 32
+
+
+def builder_precision(precision: str, device: str) -> str:
+    """The precision the builder is asked for (see the module docstring's table)."""
+    return "fp32" if (precision, device) == ("fp16", "cpu") else precision
+
+
+def io_dtype(precision: str, device: str) -> str:
+    """The decoder's inputs_embeds / logits / KV dtype, as the builder chooses it (fp16 on cuda for
+    fp16 and int4, else fp32); embeddings.npy is stored in the same dtype."""
+    return "float16" if device == "cuda" and precision in ("fp16", "int4") else "float32"
+
+
+def quantization(precision: str, device: str) -> dict | None:
+    """The int4 settings passed to the builder (and recorded in the manifest)."""
+    if precision != "int4":
+        return None
+    return {"method": "rtn", "op": "MatMulNBits", "bits": 4, "block_size": INT4_BLOCK_SIZE,
+            "symmetric": True, "accuracy_level": 4 if device == "cpu" else 0,
+            "scope": "every decoder MatMul incl. lm_head; embeddings, norms and KV cache unquantized"}
+
+
+def weight_files(ckpt: Path) -> list[Path]:
+    """The checkpoint's safetensors files, in index order."""
+    index = ckpt / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [ckpt / n for n in names]
+    single = ckpt / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise SfedgeError(f"{ckpt}: no model.safetensors or model.safetensors.index.json (only safetensors checkpoints are supported)")
+
+
+def _text_key(key: str) -> str | None:
+    for src, dst in _PREFIXES:
+        if key.startswith(src):
+            return dst + key[len(src):]
+    return None
+
+
+def save_text_checkpoint(ckpt: Path, dst: Path, embeddings_path: Path, embeddings_dtype: str,
+                         progress=None) -> dict:
+    """Write the text model of a LLaVA-NeXT checkpoint as an HF causal-LM checkpoint in dst, and its
+    token-embedding table [V, D] as embeddings_path (.npy, `embeddings_dtype`). Returns the text config."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from transformers import AutoConfig
+
+    text = AutoConfig.from_pretrained(ckpt).text_config
+    if text.model_type not in ARCHITECTURES:
+        raise SfedgeError(f"{ckpt}: text model type {text.model_type!r} is not supported (only {sorted(ARCHITECTURES)})")
+    dst.mkdir(parents=True, exist_ok=True)
+    config = text.to_dict()
+    config["architectures"] = [ARCHITECTURES[text.model_type]]
+    (dst / "config.json").write_text(json.dumps(config, indent=2))
+    weight_map: dict[str, str] = {}
+    for shard in weight_files(ckpt):
+        with safe_open(str(shard), framework="pt") as f:
+            tensors = {new: f.get_tensor(k) for k in f.keys() if (new := _text_key(k))}
+        if EMBED_KEY in tensors:
+            table = tensors[EMBED_KEY].to(torch.float32).numpy().astype(embeddings_dtype)
+            np.save(embeddings_path, table)
+            del table
+        if tensors:
+            save_file(tensors, str(dst / shard.name), metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(tensors, shard.name))
+        del tensors
+        if progress:
+            progress.update(1)
+    if EMBED_KEY not in weight_map or ("lm_head.weight" not in weight_map and not config.get("tie_word_embeddings")):
+        raise SfedgeError(f"{ckpt}: no language-model weights found (expected keys like language_model.model.*)")
+    if set(weight_map.values()) != {"model.safetensors"}:  # sharded: transformers needs the index
+        (dst / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
+    copy_tokenizer(ckpt, dst)
+    return config
+
+
+def copy_tokenizer(ckpt: Path, dst: Path) -> list[str]:
+    """Copy the tokenizer files that exist; a checkpoint without tokenizer.json gets one written by
+    transformers' fast tokenizer (the runtime reads tokenizer.json with `tokenizers`)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (ckpt / name).is_file():
+            shutil.copy2(ckpt / name, dst / name)
+            copied.append(name)
+    if "tokenizer.json" not in copied:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(ckpt).save_pretrained(dst)
+        copied = sorted(p.name for p in dst.iterdir())
+    return copied
+
+
+def run_builder(text_dir: Path, out_dir: Path, precision: str, device: str, log_path: Path) -> None:
+    """onnxruntime-genai's builder in a subprocess, offline, writing out_dir/model.onnx(.data) and
+    genai_config.json. Its output goes to log_path; a failure raises with the log's tail."""
+    options = ["exclude_embeds=true"]
+    q = quantization(precision, device)
+    if q:
+        options += [f"block_size={q['block_size']}", f"accuracy_level={q['accuracy_level']}", "is_symmetric=true"]
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(text_dir), "-o", str(out_dir),
+           "-p", builder_precision(precision, device), "-e", device, "-c", str(text_dir / ".builder-cache"),
+           "--extra_options", *options]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    with open(log_path, "w") as log:
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    if rc != 0 or not (out_dir / "model.onnx").is_file():
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+        raise SfedgeError(f"onnxruntime-genai builder failed (exit {rc}): {' | '.join(tail)}")
+    shutil.rmtree(out_dir / ".builder-cache", ignore_errors=True)
+
+
+def describe_llm(llm_dir: Path, rel_dir: str, precision: str, device: str) -> dict:
+    """The manifest's `components.llm`: graph I/O read back from llm/model.onnx, KV cache contract from
+    genai_config.json (names as printf patterns over the layer index, shared buffer flag)."""
+    import onnx
+
+    from .graphs import read_io
+
+    graph_path = llm_dir / "model.onnx"
+    inputs, outputs = read_io(graph_path)
+    genai = json.loads((llm_dir / "genai_config.json").read_text())
+    dec, search = genai["model"]["decoder"], genai["search"]
+    max_len = int(genai["model"]["context_length"])
+    ops = {n.op_type for n in onnx.load(str(graph_path), load_external_data=False).graph.node}
+    ranges = {"batch_size": [1, 1], "sequence_length": [1, max_len], "past_sequence_length": [0, max_len],
+              "total_sequence_length": [1, max_len], "kv_cache_dim": [dec["head_size"], dec["head_size"]]}
+    for io in inputs + outputs:
+        io["dynamic"] = {d: ranges[d] for d in io["shape"] if isinstance(d, str) and d in ranges}
+    kv_dtype = next(io["dtype"] for io in inputs if io["name"].startswith("past_key_values."))
+    return {
+        "path": f"{rel_dir}/model.onnx",
+        "genai_config": f"{rel_dir}/genai_config.json",
+        "builder": "onnxruntime-genai model builder, exclude_embeds=true",
+        "precision": builder_precision(precision, device),
+        "execution_provider": device,
+        "inputs": inputs,
+        "outputs": outputs,
+        "attention": "GroupQueryAttention" if "GroupQueryAttention" in ops else "MultiHeadAttention",
+        "quantized_matmul": "MatMulNBits" in ops,
+        "position_ids": any(io["name"] == "position_ids" for io in inputs),
+        "kv_cache": {
+            "past_key": dec["inputs"]["past_key_names"], "past_value": dec["inputs"]["past_value_names"],
+            "present_key": dec["outputs"]["present_key_names"], "present_value": dec["outputs"]["present_value_names"],
+            "layout": ["batch_size", "num_kv_heads", "sequence", "head_dim"],
+            "num_layers": dec["num_hidden_layers"], "num_kv_heads": dec["num_key_value_heads"],
+            "head_dim": dec["head_size"], "dtype": kv_dtype, "max_length": max_len,
+            "past_present_share_buffer": bool(search.get("past_present_share_buffer", False)),
+        },
+    }

@@ -1,0 +1,245 @@
+"""Export validation: every graph against the PyTorch reference, then the whole chain once.
+
+Errors are reported as `max_abs` = max |onnx - torch|, `rel` = max_abs / max |torch| (relative
+to the reference's range, so near-zero entries do not blow it up) and `cosine` (of the mean-centred
+outputs). Bounds and their justification: `registry.REL_TOL` / `registry.MIN_COSINE`. Inputs are
+random, at frame counts other than the export dummies' (vision 2, slowfast 3): 1, 7 and 50,
+capped at max_frames. The chain runs a synthetic clip through vision.onnx -> slowfast.onnx ->
+embeddings splice -> llm prefill and compares first-step logits with
+`SlowFastLlava.first_step_logits`. Vision is compared with a float64 evaluation of the
+reference (see `fp64_vision_reference`); slowfast, llm and chain with PyTorch fp32.
+
+Two phases keep RAM at one model: `reference_cases` computes every input and expected output with
+PyTorch, the caller frees the reference, then `compare` runs the ONNX graphs. Any check past its
+bound raises `ValidationError` (one line naming every failing check, the full report as `.report`)
+after all checks ran.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ValidationError
+from ..spec import IMAGE_SIZE, TOKENS_PER_FRAME
+from .registry import MIN_COSINE, REL_TOL
+
+FRAME_COUNTS = (1, 7, 50)
+LLM_SEQ_LENS = (1, 7, 50)
+_NP = {"float32": np.float32, "float16": np.float16}
+
+
+def frame_counts(max_frames: int) -> list[int]:
+    """1, 7, 50 capped at max_frames (deduplicated)."""
+    return sorted({min(t, max_frames) for t in FRAME_COUNTS})
+
+
+def session(path: Path, device: str = "cpu"):
+    import onnxruntime as ort
+
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), providers=providers)
+
+
+def errors(out: np.ndarray, ref: np.ndarray) -> dict:
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    if out.shape != ref.shape:
+        return {"max_abs": float("inf"), "rel": float("inf"), "cosine": 0.0,
+                "shape": list(out.shape), "expected_shape": list(ref.shape)}
+    max_abs = float(np.max(np.abs(out - ref)))
+    a, b = out.ravel() - out.mean(), ref.ravel() - ref.mean()
+    cosine = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-300))
+    return {"max_abs": max_abs, "rel": max_abs / max(float(np.max(np.abs(ref))), 1e-30), "cosine": cosine}
+
+
+def _summary(name: str, cases: dict, precision: str) -> dict:
+    """Worst case over `cases` against the component's bounds for `precision`; `failure` says why."""
+    rel_tol, min_cos = REL_TOL[name].get(precision), MIN_COSINE.get(name, {}).get(precision)
+    rel = max(e["rel"] for e in cases.values())
+    cosine = min(e["cosine"] for e in cases.values())
+    failure = None
+    if not np.isfinite(rel):
+        failure = f"{name}: non-finite or misshapen output ({precision})"
+    elif rel_tol is not None and not rel < rel_tol:
+        failure = f"{name} rel {rel:.3g} >= {rel_tol:g} ({precision})"
+    elif min_cos is not None and not cosine >= min_cos:
+        failure = f"{name} cosine {cosine:.3g} < {min_cos:g} ({precision})"
+    return {"precision": precision, "rel_tol": rel_tol, "min_cosine": min_cos, "cases": cases,
+            "max_abs": max(e["max_abs"] for e in cases.values()), "rel": rel, "cosine": cosine,
+            "passed": failure is None, "failure": failure}
+
+
+def _input_dtype(sess, name: str):
+    return next(np.float16 if "float16" in i.type else np.float32 for i in sess.get_inputs() if i.name == name)
+
+
+def fp64_vision_reference(ref):
+    """The faithful vision path (full CLIP tower, hidden_states[vision_feature_layer] without CLS,
+    projector) on a float64 copy of the weights: the exact answer both fp32 implementations round.
+    On the tiny model PyTorch's own fp32 result is 1.3e-5 (rel) away from it while the ONNX graph is
+    4e-6 away, so an fp32-vs-fp32 comparison would mostly measure PyTorch's rounding."""
+    inner = ref.model.model
+    tower = copy.deepcopy(inner.vision_tower).double()
+    projector = copy.deepcopy(inner.multi_modal_projector).double()
+    layer = ref.model.config.vision_feature_layer
+
+    @torch.inference_mode()
+    def features(pixels: torch.Tensor) -> np.ndarray:
+        x = pixels.to(device=ref.device, dtype=torch.float64)
+        hidden = tower(x, output_hidden_states=True).hidden_states[layer][:, 1:]
+        return projector(hidden).cpu().numpy()
+
+    return features
+
+
+def _reference_logits(ref, embeds: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        x = torch.from_numpy(embeds).to(device=ref.device, dtype=ref.dtype)
+        hidden = ref.model.model.language_model(inputs_embeds=x, use_cache=False).last_hidden_state
+        return ref.model.lm_head(hidden).float().cpu().numpy()
+
+
+def reference_cases(ref, max_frames: int, question: str = "What is happening in the video?", seed: int = 0) -> dict:
+    """Phase 1, PyTorch only: every input the checks feed and every expected output, as numpy.
+    Computing them all first lets the caller free the reference before any ONNX session is made,
+    so peak RAM is one model (the reference or the decoder), not both."""
+    from ..runtime.preprocess import preprocess
+    from ..runtime.video import load_video
+    from ..synthetic import make_clip
+
+    gen = torch.Generator().manual_seed(seed)
+    exact = fp64_vision_reference(ref)
+    hidden = ref.model.config.text_config.hidden_size
+    vision, slowfast = [], []
+    for t in frame_counts(max_frames):
+        x = torch.randn(t, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen)
+        vision.append({"name": str(t), "input": x.numpy(), "expected": exact(x),
+                       "torch_fp32": ref.vision_features(x).float().cpu().numpy()})
+        f = torch.randn(t, TOKENS_PER_FRAME, hidden, generator=gen)
+        slowfast.append({"name": str(t), "input": f.numpy(), "expected": ref.pool(f.to(ref.dtype)).float().cpu().numpy()})
+    del exact
+
+    num_frames = min(ref.spec.sampling.num_frames, max_frames)
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = load_video(make_clip(Path(tmp) / "clip.mp4", num_frames=60, seed=seed), num_frames)
+    pixels = preprocess(clip.frames, ref.spec.preprocess)
+    ids = ref.prompt_ids(question)
+    visual = ref.pool(ref.vision_features(torch.from_numpy(pixels)))
+    chain = {"pixels": pixels, "ids": ids, "image_pos": ids.index(ref.image_token_id),
+             "expected": ref.first_step_logits(ref.inputs_embeds(ids, visual)).cpu().numpy()}
+    return {"vision": vision, "slowfast": slowfast, "llm": llm_case(ref, seed), "chain": chain}
+
+
+def llm_case(ref, seed: int = 0) -> dict:
+    """The decoder check's inputs and expected logits: the checkpoint's embedding table, prefills of
+    LLM_SEQ_LENS random tokens (as embeddings), and one decode step after the longest."""
+    rng = np.random.default_rng(seed)
+    table = ref.model.model.language_model.get_input_embeddings().weight.detach().float().cpu().numpy()
+    prefill = [table[rng.integers(0, len(table), s)][None] for s in LLM_SEQ_LENS]
+    step = table[rng.integers(0, len(table), 1)][None]
+    return {"table": table, "prefill": [(e, _reference_logits(ref, e)) for e in prefill], "step": step,
+            "step_expected": _reference_logits(ref, np.concatenate([prefill[-1], step], 1))[:, -1]}
+
+
+def check_vision(path: Path, cases: list[dict], precision: str, device: str = "cpu") -> dict:
+    """vision.onnx vs the float64 reference (the full tower, so this also checks the truncation);
+    the error vs PyTorch's fp32 `vision_features` is reported beside it as rel_vs_torch_fp32."""
+    sess = session(path, device)
+    dtype = _input_dtype(sess, "pixel_values")
+    report = {}
+    for case in cases:
+        got = sess.run(None, {"pixel_values": case["input"].astype(dtype)})[0]
+        report[case["name"]] = dict(errors(got, case["expected"]), rel_vs_torch_fp32=errors(got, case["torch_fp32"])["rel"])
+    return _summary("vision", report, precision)
+
+
+def check_slowfast(path: Path, cases: list[dict], precision: str, device: str = "cpu") -> dict:
+    """slowfast.onnx vs `SlowFastPool` on random fp32 features (cast to the graph's dtype)."""
+    sess = session(path, device)
+    dtype = _input_dtype(sess, "features")
+    report = {c["name"]: errors(sess.run(None, {"features": c["input"].astype(dtype)})[0], c["expected"]) for c in cases}
+    return _summary("slowfast", report, precision)
+
+
+def llm_step(sess, llm: dict, embeds: np.ndarray, past: dict | None = None) -> tuple[np.ndarray, dict]:
+    """One decoder call on [1,S,D] inputs_embeds after `past` (None: empty cache). Returns
+    (logits [1,S,V] as float32, {past input name: present array} for the next call)."""
+    kv = llm["kv_cache"]
+    dtype = _NP[kv["dtype"]]
+    past_len = 0 if past is None else next(iter(past.values())).shape[2]
+    total = past_len + embeds.shape[1]
+    feed = {"inputs_embeds": embeds.astype(dtype), "attention_mask": np.ones((1, total), np.int64)}
+    if llm["position_ids"]:
+        feed["position_ids"] = np.arange(past_len, total, dtype=np.int64)[None]
+    names = [(kv[f"past_{w}"] % i, kv[f"present_{w}"] % i) for i in range(kv["num_layers"]) for w in ("key", "value")]
+    empty = np.zeros((1, kv["num_kv_heads"], 0, kv["head_dim"]), dtype)
+    feed.update({p: empty if past is None else past[p] for p, _ in names})
+    outputs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
+    return outputs["logits"].astype(np.float32), {p: outputs[q] for p, q in names}
+
+
+def check_llm(sess, root: Path, llm: dict, case: dict, precision: str) -> dict:
+    """The decoder (session `sess`) prefilled at several lengths, then one decode step through the
+    KV cache, vs the HF language model + lm_head on the same embeddings; embeddings.npy vs the
+    checkpoint's table."""
+    table = np.load(root / "embeddings.npy")
+    report = {"embeddings": errors(table, case["table"].astype(table.dtype))}
+    for embeds, expected in case["prefill"]:
+        logits, past = llm_step(sess, llm, embeds)
+        report[f"prefill_{embeds.shape[1]}"] = errors(logits, expected)
+    logits, _ = llm_step(sess, llm, case["step"], past)
+    report[f"decode_after_{case['prefill'][-1][0].shape[1]}"] = errors(logits[:, -1], case["step_expected"])
+    return _summary("llm", report, precision)
+
+
+def check_chain(sess, root: Path, manifest: dict, case: dict, device: str = "cpu") -> dict:
+    """First-step logits on the synthetic clip: vision.onnx -> slowfast.onnx -> embeddings splice ->
+    decoder prefill (session `sess`) vs `SlowFastLlava.first_step_logits`."""
+    comps = manifest["components"]
+    features = session(root / comps["vision"]["path"], device).run(None, {"pixel_values": case["pixels"]})[0]
+    visual = session(root / comps["slowfast"]["path"], device).run(None, {"features": features})[0]
+    table = np.load(root / comps["embeddings"]["path"])
+    ids, pos = case["ids"], case["image_pos"]
+    embeds = np.concatenate([table[ids[:pos]], visual.astype(table.dtype), table[ids[pos + 1:]]])[None]
+    got, expected = llm_step(sess, comps["llm"], embeds)[0][0, -1], case["expected"]
+    result = _summary("chain", {"first_step_logits": errors(got, expected)}, manifest["precision"])
+    result.update(num_frames=len(case["pixels"]), num_visual_tokens=int(visual.shape[0]),
+                  top1_onnx=int(got.argmax()), top1_reference=int(expected.argmax()),
+                  top1_agree=bool(got.argmax() == expected.argmax()))
+    return result
+
+
+def compare(root: Path, manifest: dict, cases: dict, device: str = "cpu", on_step=None) -> dict:
+    """Phase 2, ONNX only: run every check; return the report, or raise ValidationError.
+    `on_step(name)` is called before each check (progress display)."""
+    comps = manifest["components"]
+    report = {"metric": "rel = max|onnx - ref| / max|ref|; cosine of mean-centred outputs",
+              "frame_counts": frame_counts(manifest["model"]["max_frames"])}
+    for name in ("vision", "slowfast", "llm"):
+        if on_step:
+            on_step(name)
+        if name == "llm":
+            sess = session(root / comps["llm"]["path"], device)
+            report["llm"] = check_llm(sess, root, comps["llm"], cases["llm"], comps["llm"]["precision"])
+        else:
+            check = check_vision if name == "vision" else check_slowfast
+            report[name] = check(root / comps[name]["path"], cases[name], comps[name]["precision"], device)
+    if on_step:
+        on_step("chain")
+    report["chain"] = check_chain(sess, root, manifest, cases["chain"], device)
+    failed = [report[n]["failure"] for n in ("vision", "slowfast", "llm", "chain") if not report[n]["passed"]]
+    report["passed"] = not failed
+    if failed:
+        error = ValidationError("export failed validation: " + "; ".join(failed))
+        error.report = report
+        raise error
+    return report
+
+
+def validate_export(root: Path, manifest: dict, ref, device: str = "cpu", on_step=None) -> dict:
+    """Both phases with a reference the caller keeps (tests, re-validation of an existing export)."""
+    return compare(root, manifest, reference_cases(ref, manifest["model"]["max_frames"]), device, on_step)

@@ -1,0 +1,81 @@
+"""The vision graph: pixel_values [T,3,336,336] -> features [T,576,D].
+
+`VisionEncoder` is CLIP truncated where LLaVA reads it (SPEC 3): embeddings, pre-layernorm,
+encoder layers up to the one that produces hidden_states[vision_feature_layer] (-2: all but the
+last), CLS dropped, then the projector. The unused last layer and post_layernorm are not in the
+module, so they are not in the graph.
+
+The exporter and its choice are in graphs.py; the weights go to an external data file (`vision.onnx.data`): CLIP-L + a
+4096-wide projector is ~1.2 GB fp32, close to protobuf's 2 GB limit.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import SfedgeError
+from ..spec import IMAGE_SIZE
+from .graphs import export_onnx
+from .registry import ComponentSpec, vision_spec
+
+
+class VisionEncoder(nn.Module):
+    """CLIP through hidden_states[feature_layer] with CLS dropped, then the LLaVA projector.
+
+    `dtype` float16 makes an fp16 copy of the weights; the graph still takes float32 pixels
+    (cast inside) so the preprocessing contract does not change, and returns float16 features."""
+
+    def __init__(self, vision_tower: nn.Module, projector: nn.Module, feature_layer: int = -2,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__()
+        tower = getattr(vision_tower, "vision_model", vision_tower)  # transformers 4 nests it
+        layers = tower.encoder.layers
+        # hidden_states has len(layers) + 1 entries (embeddings first): index k is the output of layers[:k]
+        keep = feature_layer % (len(layers) + 1)
+        if keep < 1:
+            raise ValueError(f"vision_feature_layer {feature_layer} selects no encoder layer")
+        self.embeddings = tower.embeddings
+        self.pre_layrnorm = tower.pre_layrnorm
+        self.layers = nn.ModuleList(layers[:keep])
+        self.projector = projector
+        self.compute_dtype = dtype
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        h = self.embeddings(pixel_values.to(self.compute_dtype))
+        h = self.pre_layrnorm(h)
+        for layer in self.layers:
+            out = layer(h, None)
+            h = out[0] if isinstance(out, tuple) else out
+        return self.projector(h[:, 1:])
+
+
+def build_vision(llava: nn.Module, dtype: torch.dtype = torch.float32) -> VisionEncoder:
+    """The truncated encoder from a LlavaNextForConditionalGeneration (transformers 4 or 5 layout).
+
+    For fp16 the tower and projector are deep-copied before `.half()` so the caller's fp32
+    reference stays untouched."""
+    inner = getattr(llava, "model", llava)
+    tower, projector = inner.vision_tower, inner.multi_modal_projector
+    layer = llava.config.vision_feature_layer
+    if not isinstance(layer, int):
+        raise SfedgeError(f"vision_feature_layer {layer!r}: only a single layer is supported")
+    if llava.config.vision_feature_select_strategy != "default":
+        raise SfedgeError("only vision_feature_select_strategy 'default' (CLS dropped) is supported")
+    if dtype != torch.float32:
+        tower, projector = copy.deepcopy(tower).to(dtype), copy.deepcopy(projector).to(dtype)
+    return VisionEncoder(tower, projector, layer, dtype).eval()
+
+
+def export_vision(llava: nn.Module, max_frames: int, out_dir: Path,
+                  dtype: torch.dtype = torch.float32) -> tuple[Path, ComponentSpec]:
+    """Write out_dir/vision.onnx (+ .data) and return (path, ComponentSpec). Pixels stay float32;
+    features are float32 or float16 (`dtype`). The dummy has 2 frames, a shape validation never uses."""
+    module = build_vision(llava, dtype)
+    spec = vision_spec(llava.config.text_config.hidden_size, max_frames, "float32",
+                       "float16" if dtype == torch.float16 else "float32")
+    dummy = torch.randn(min(max_frames, 2), 3, IMAGE_SIZE, IMAGE_SIZE)
+    return export_onnx(module, dummy, spec, out_dir), spec

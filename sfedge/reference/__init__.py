@@ -1,0 +1,1 @@
+"""The PyTorch SlowFast-LLaVA (SPEC.md) on transformers LlavaNext: the judge of parity."""

@@ -1,0 +1,192 @@
+"""SlowFast-LLaVA in PyTorch on transformers' LlavaNextForConditionalGeneration (SPEC 1-6).
+
+The pipeline, one method per step:
+
+    video --load_video/preprocess--> pixel_values [T,3,336,336]
+          --vision_features--> [T,576,D] --pool--> [N,D]
+    question --prompt_ids--> ids (one image token) --inputs_embeds--> [1,L,D]
+          --generate--> new token ids --decode--> answer text
+
+Generation is a plain greedy / sampling loop over the language model's KV cache. EOS ends it and is
+not part of the returned ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..models.tiny import resolve_model
+from ..prompts import build_prompt, detect_family, parse_choice, tokenize_prompt
+from ..spec import VISION_FEATURE_LAYER, GenerationSpec, PipelineSpec
+from .slowfast import SlowFastPool
+
+
+@dataclass
+class ReferenceAnswer:
+    """What `SlowFastLlava.answer` found: the text and everything needed to reproduce it."""
+
+    answer: str
+    token_ids: list[int]
+    frame_indices: list[int]
+    num_frames_total: int
+    num_visual_tokens: int
+    choice: str | None = None  # the option letter, for multiple choice
+    prompt_ids: list[int] = field(default_factory=list)
+
+
+class SlowFastLlava:
+    """A LLaVA-NeXT checkpoint driven the SlowFast-LLaVA way (training-free video QA)."""
+
+    def __init__(self, model, tokenizer, spec: PipelineSpec = PipelineSpec()):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.prompt_family = detect_family(tokenizer.get_vocab())
+        self.image_token_id = int(model.config.image_token_id)
+        self.pooler = SlowFastPool(spec.slowfast)
+        self.eos_token_ids = _eos_ids(model, tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, path_or_name: str | Path, dtype: torch.dtype = torch.float32,
+                        device: str | torch.device = "cpu", spec: PipelineSpec = PipelineSpec()) -> "SlowFastLlava":
+        """Load a llava-hf checkpoint directory (or "tiny") with SDPA attention."""
+        from transformers import AutoTokenizer, LlavaNextForConditionalGeneration
+
+        path = resolve_model(path_or_name)
+        model = LlavaNextForConditionalGeneration.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+        return cls(model.to(device), AutoTokenizer.from_pretrained(path), spec)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.lm_head.weight.dtype
+
+    # --- vision -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[T,3,336,336] -> [T,576,D]: projector(CLIP hidden_states[-2] without CLS), full tower."""
+        tower = self.model.model.vision_tower
+        pixels = pixel_values.to(device=self.device, dtype=self.dtype)
+        hidden = tower(pixels, output_hidden_states=True).hidden_states[VISION_FEATURE_LAYER][:, 1:]
+        return self.model.model.multi_modal_projector(hidden)
+
+    @torch.no_grad()
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        """[T,576,D] -> [N,D] SlowFast visual tokens (SPEC 4)."""
+        return self.pooler(features)
+
+    # --- prompt -------------------------------------------------------------------------------
+
+    def prompt_ids(self, question: str, options: Sequence[str] | None = None) -> list[int]:
+        """The SPEC 5 prompt, tokenised piecewise around `<image>` (one image token marks the spot)."""
+        prompt = build_prompt(question, options, self.prompt_family)
+        return tokenize_prompt(prompt, lambda text: self.tokenizer(text).input_ids,
+                               self.tokenizer.bos_token_id, self.image_token_id)
+
+    @torch.no_grad()
+    def inputs_embeds(self, ids: Sequence[int], visual_tokens: torch.Tensor) -> torch.Tensor:
+        """Token embeddings [1,L,D] with the single image-token position replaced by all visual tokens
+        (L = len(ids) - 1 + N)."""
+        ids = list(ids)
+        if ids.count(self.image_token_id) != 1:
+            raise ValueError(f"expected exactly one image token ({self.image_token_id}) in the prompt ids, "
+                             f"found {ids.count(self.image_token_id)}")
+        pos = ids.index(self.image_token_id)
+        embeds = self._embed(ids)
+        visual = visual_tokens.to(device=self.device, dtype=embeds.dtype)
+        return torch.cat([embeds[:pos], visual, embeds[pos + 1:]], dim=0).unsqueeze(0)
+
+    # --- language model -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def first_step_logits(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """Prefill without a cache; the logits [V] for the first generated token."""
+        hidden = self.model.model.language_model(inputs_embeds=inputs_embeds, use_cache=False).last_hidden_state
+        return self.model.lm_head(hidden[0, -1]).float()
+
+    @torch.no_grad()
+    def generate(self, inputs_embeds: torch.Tensor, gen: GenerationSpec = GenerationSpec()) -> list[int]:
+        """New token ids after the prompt: prefill, then one token at a time with the KV cache.
+        Stops at EOS (not returned) unless `gen.ignore_eos`, or after `gen.max_new_tokens`."""
+        lm = self.model.model.language_model
+        generator = None
+        if not gen.greedy and gen.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(gen.seed)
+        out = lm(inputs_embeds=inputs_embeds, use_cache=True)
+        ids: list[int] = []
+        while len(ids) < gen.max_new_tokens:
+            logits = self.model.lm_head(out.last_hidden_state[0, -1]).float()
+            token = _next_token(logits, gen, generator)
+            if token in self.eos_token_ids and not gen.ignore_eos:
+                break
+            ids.append(token)
+            if len(ids) == gen.max_new_tokens:
+                break
+            step = self._embed([token]).unsqueeze(0)
+            out = lm(inputs_embeds=step, past_key_values=out.past_key_values, use_cache=True)
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Answer text: special tokens skipped, surrounding whitespace stripped (as the reference)."""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+
+    # --- end to end ---------------------------------------------------------------------------
+
+    def answer(self, video: str | Path, question: str, options: Sequence[str] | None = None,
+               gen: GenerationSpec = GenerationSpec()) -> ReferenceAnswer:
+        """Answer a question about a video file (or a directory of frames), SPEC 2-6."""
+        from ..runtime.preprocess import preprocess
+        from ..runtime.video import load_video
+
+        clip = load_video(video, self.spec.sampling.num_frames)
+        pixels = torch.from_numpy(preprocess(clip.frames, self.spec.preprocess))
+        visual = self.pool(self.vision_features(pixels))
+        ids = self.prompt_ids(question, options)
+        new_ids = self.generate(self.inputs_embeds(ids, visual), gen)
+        text = self.decode(new_ids)
+        return ReferenceAnswer(
+            answer=text, token_ids=new_ids, frame_indices=list(clip.indices), num_frames_total=int(clip.total),
+            num_visual_tokens=int(visual.shape[0]), choice=parse_choice(text, len(options)) if options else None,
+            prompt_ids=ids,
+        )
+
+    def _embed(self, ids: Sequence[int]) -> torch.Tensor:
+        """[len(ids), D] token embeddings."""
+        table = self.model.model.language_model.get_input_embeddings()
+        return table(torch.tensor(list(ids), dtype=torch.long, device=self.device))
+
+
+def _eos_ids(model, tokenizer) -> frozenset[int]:
+    """The ids that end generation: the generation config's eos_token_id (an int or a list), else
+    the tokenizer's EOS."""
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return frozenset([eos] if isinstance(eos, int) else eos or [])
+
+
+def _next_token(logits: torch.Tensor, gen: GenerationSpec, generator: torch.Generator | None) -> int:
+    """Argmax when greedy; else sample from softmax(logits / temperature) after top-k, then top-p
+    (nucleus) filtering, as transformers' TopK and TopP warpers do."""
+    if gen.greedy:
+        return int(torch.argmax(logits))
+    logits = logits / gen.temperature
+    if gen.top_k > 0:
+        kth = torch.topk(logits, min(gen.top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if gen.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=False)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove = cumulative <= 1 - gen.top_p
+        remove[-1] = False  # always keep the most likely token
+        logits = logits.masked_fill(torch.zeros_like(remove).scatter(0, order, remove), float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))

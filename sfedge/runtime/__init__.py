@@ -1,0 +1,1 @@
+"""Lean runtime: video -> frames -> engines -> text. Never imports torch or transformers."""

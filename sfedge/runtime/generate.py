@@ -1,0 +1,188 @@
+"""The generation loop, gpt-fast style: a few plain functions over state allocated once.
+
+The LLM graph is onnxruntime-genai's decoder built with exclude_embeds: inputs `inputs_embeds`
+[1, S, D], `attention_mask` [1, past + S] (int64 ones), `position_ids` [1, S] in some builds,
+`past_key_values.{i}.key/value`; outputs `logits` [1, S, V] and `present.{i}.key/value`.
+
+Two KV layouts, as the builder declares in genai_config.json (`past_present_share_buffer`):
+
+* shared (GroupQueryAttention: fp32/int4 on CPU, every precision on CUDA): one buffer per past
+  tensor, [1, H_kv, max_length, d], allocated once on the device and bound as both `past_*` and
+  `present_*`; GQA writes the new keys/values in place at positions past..past+S-1. It reads the
+  past length from the attention mask (seqlens_k = sum(mask) - 1, total = mask width).
+* concat (plain attention: fp16 on CPU): `present` = concat(past, new); each step's presents are
+  left on the device (ORT allocates them) and bound as the next step's pasts.
+
+The attention mask and position ids are windows onto two device buffers made once (ones and
+0..max_length-1), bound by pointer with the step's shape. Greedy decoding runs ArgMax + embedding
+Gather on the device (stepgraph.py) into the buffer the LLM reads as `inputs_embeds`: between
+decode steps only the new token id (8 bytes) reaches the host. Sampling reads the logits
+([V] floats) on the host, samples with numpy and writes the next embedding back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterator
+
+import numpy as np
+import onnxruntime as ort
+
+from ..errors import SfedgeError
+from ..spec import GenerationSpec
+from .engines import OrtEngine, session_providers
+from .stepgraph import greedy_step_model
+
+
+class Decoder:
+    """The LLM engine and everything allocated once for it: KV cache, mask and position buffers,
+    the [1, 1, V] logits and [1, 1, D] embeds buffers, the embedding table and the greedy step."""
+
+    def __init__(self, engine: OrtEngine, table: np.ndarray, *, kv_names: list[tuple[str, str]],
+                 num_kv_heads: int, head_dim: int, max_length: int, shared: bool):
+        """`kv_names`: (past input, present output) name pairs, one per key and per value tensor."""
+        self.engine, self.max_length, self.shared = engine, max_length, shared
+        self.device = engine.device
+        self.has_positions = "position_ids" in engine.inputs
+        self.dtype = engine.inputs["inputs_embeds"].dtype
+        self.table = np.ascontiguousarray(table, dtype=self.dtype)  # host copy: prompt embeddings
+        vocab, hidden = self.table.shape
+        kv_len = max_length if shared else 0
+        self.present_of = dict(kv_names)
+        self.past_names = list(self.present_of)
+        self.kv = {n: self._alloc([1, num_kv_heads, kv_len, head_dim], self.dtype) for n in self.past_names}
+        self.ones = self._upload(np.ones((1, max_length), np.int64))
+        self.positions = self._upload(np.arange(max_length, dtype=np.int64)[None])
+        self.logits = self._alloc([1, 1, vocab], engine.outputs["logits"].dtype)
+        self.embeds = self._alloc([1, 1, hidden], self.dtype)
+        self.device_table = self._upload(self.table)
+        step_providers = session_providers("cpu" if self.device == "cpu" else "cuda")
+        model = greedy_step_model(engine.outputs["logits"].dtype, self.dtype)
+        self.step = ort.InferenceSession(model, providers=step_providers)
+        self.step_binding = self.step.io_binding()
+        self.step_binding.bind_ortvalue_input("logits", self.logits)
+        self.step_binding.bind_ortvalue_input("table", self.device_table)
+        self.step_binding.bind_output("token", "cpu")
+        self.step_binding.bind_ortvalue_output("embeds", self.embeds)
+        self.length = 0  # tokens now in the cache
+
+    def _alloc(self, shape: list[int], dtype) -> ort.OrtValue:
+        return ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, self.device, 0)
+
+    def _upload(self, array: np.ndarray) -> ort.OrtValue:
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
+
+    def reset(self) -> None:
+        """Forget the cached sequence (the shared buffers are simply overwritten next time)."""
+        self.length = 0
+        if not self.shared:
+            shape = self.kv[self.past_names[0]].shape()
+            self.kv = {n: self._alloc([1, shape[1], 0, shape[3]], self.dtype) for n in self.past_names}
+
+    def host_logits(self) -> np.ndarray:
+        """The last step's logits [V] as float32 on the host (sampling, tests, verify)."""
+        return self.logits.numpy()[0, -1].astype(np.float32)
+
+
+def _run(dec: Decoder, embeds, seq: int, logits_out: ort.OrtValue | None) -> None:
+    """One LLM run over `seq` new positions. `embeds`: an OrtValue [1, seq, D] on the device."""
+    b = dec.engine.binding
+    b.clear_binding_inputs()
+    b.clear_binding_outputs()
+    total = dec.length + seq
+    b.bind_ortvalue_input("inputs_embeds", embeds)
+    b.bind_input("attention_mask", dec.device, 0, np.int64, [1, total], dec.ones.data_ptr())
+    if dec.has_positions:
+        ptr = dec.positions.data_ptr() + 8 * dec.length
+        b.bind_input("position_ids", dec.device, 0, np.int64, [1, seq], ptr)
+    if logits_out is None:
+        b.bind_output("logits", dec.device, 0)
+    else:
+        b.bind_ortvalue_output("logits", logits_out)
+    for name in dec.past_names:
+        b.bind_ortvalue_input(name, dec.kv[name])
+        if dec.shared:
+            b.bind_ortvalue_output(dec.present_of[name], dec.kv[name])
+        else:
+            b.bind_output(dec.present_of[name], dec.device, 0)
+    dec.engine.run_binding()
+    if not dec.shared:  # outputs come back in binding order: logits, then the presents
+        dec.kv = dict(zip(dec.past_names, b.get_outputs()[1:]))
+    dec.length = total
+
+
+def prefill(dec: Decoder, embeds: np.ndarray, chunk: int | None = None) -> None:
+    """Run the prompt embeddings [1, S, D] through the LLM: all but the last position in chunks of
+    `chunk` (None: one run; the concat layout always takes one run, its graph cannot extend a
+    past by several positions), then the last one as a decode step, which leaves its logits in
+    `dec.logits`. (Splitting changes nothing: each query row attends to the same keys.)"""
+    seq = embeds.shape[1]
+    if seq + 1 > dec.max_length:
+        raise SfedgeError(f"prompt of {seq} tokens does not fit the engines' max_length {dec.max_length}")
+    dec.reset()
+    embeds = np.ascontiguousarray(embeds, dtype=dec.dtype)
+    step = (chunk if dec.shared else None) or seq
+    for start in range(0, seq - 1, step):
+        part = embeds[:, start:min(start + step, seq - 1)]
+        _run(dec, dec._upload(part), part.shape[1], None)
+    dec.embeds.update_inplace(embeds[:, -1:])
+    decode_one(dec)
+
+
+def decode_one(dec: Decoder) -> None:
+    """One decode step on the embedding in `dec.embeds`; its logits land in `dec.logits`."""
+    _run(dec, dec.embeds, 1, dec.logits)
+
+
+def next_token(dec: Decoder, gen: GenerationSpec, rng: np.random.Generator) -> int:
+    """Choose the next token from `dec.logits` and put its embedding in `dec.embeds`."""
+    if gen.greedy:
+        dec.step.run_with_iobinding(dec.step_binding)
+        return int(dec.step_binding.get_outputs()[0].numpy()[0, 0])
+    token = sample_next(dec.host_logits(), gen, rng)
+    dec.embeds.update_inplace(dec.table[token][None, None])
+    return token
+
+
+def generate(dec: Decoder, embeds: np.ndarray, gen: GenerationSpec, eos_token_ids: Collection[int], *,
+             prefill_chunk: int | None = None,
+             on_first_logits: Callable[[np.ndarray], None] | None = None) -> Iterator[int]:
+    """Prefill `embeds` [1, S, D], then yield up to gen.max_new_tokens token ids as they are made;
+    stops at EOS (not yielded; unless gen.ignore_eos) or when the cache is full. `on_first_logits`,
+    if given, receives the first step's logits [V] on the host (for parity checks)."""
+    rng = np.random.default_rng(gen.seed)
+    prefill(dec, embeds, prefill_chunk)
+    if on_first_logits is not None:
+        on_first_logits(dec.host_logits())
+    for i in range(gen.max_new_tokens):
+        token = next_token(dec, gen, rng)
+        if token in eos_token_ids and not gen.ignore_eos:
+            return
+        yield token
+        if i + 1 == gen.max_new_tokens or dec.length >= dec.max_length:
+            return
+        decode_one(dec)
+
+
+def sample_next(logits: np.ndarray, gen: GenerationSpec, rng: np.random.Generator) -> int:
+    """Greedy (argmax) when gen.temperature <= 0; otherwise softmax(logits / temperature) restricted
+    to the top_k most likely tokens (0: all), then to the most likely tokens whose probability
+    reaches top_p (nucleus), sampled with `rng`."""
+    if gen.greedy:
+        return int(np.argmax(logits))
+    x = np.asarray(logits, dtype=np.float64) / gen.temperature
+    if 0 < gen.top_k < x.size:
+        kth = np.partition(x, -gen.top_k)[-gen.top_k]
+        x = np.where(x < kth, -np.inf, x)
+    if gen.top_p < 1.0:  # as transformers' TopPLogitsWarper (and the reference)
+        order = np.argsort(x, kind="stable")  # ascending
+        cumulative = np.cumsum(_softmax(x[order]))
+        drop = cumulative <= 1.0 - gen.top_p
+        drop[-1] = False  # always keep the most likely token
+        x[order[drop]] = -np.inf
+    probs = _softmax(x)
+    return int(rng.choice(probs.size, p=probs))
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - np.max(x))
+    return e / e.sum()

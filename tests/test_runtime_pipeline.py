@@ -1,0 +1,127 @@
+"""Pipeline behaviour on tiny fp32 engines: manifest checked first, sessions reused, streaming,
+sampling, stopping, the IOBinding paths (shared KV buffer, chunked prefill, device-side greedy)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from runtime_fixtures import *  # noqa: F403 (session fixtures)
+
+from sfedge.errors import ManifestError, SfedgeError
+from sfedge.runtime.generate import generate
+from sfedge.runtime.pipeline import AskResult, Pipeline, parse_options
+from sfedge.spec import GenerationSpec
+
+GEN = GenerationSpec(max_new_tokens=10)
+Q = "What is moving in the video?"
+
+
+def test_manifest_is_verified_before_anything_is_loaded(engines_fp32, tmp_path, monkeypatch):  # noqa: F811
+    bad = tmp_path / "engines"
+    shutil.copytree(engines_fp32, bad)
+    with open(bad / "llm" / "model.onnx.data", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02\x03")
+    opened = []
+    monkeypatch.setattr("sfedge.runtime.pipeline.OrtEngine", lambda *a, **k: opened.append(a))
+    with pytest.raises(ManifestError, match="does not match its sha256"):
+        Pipeline(bad)
+    assert opened == []
+    with pytest.raises(ManifestError, match="not found"):
+        Pipeline(tmp_path / "missing")
+
+
+def test_unavailable_provider_is_a_clear_error(engines_fp32):  # noqa: F811
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(SfedgeError, match="not available"):
+        Pipeline(engines_fp32, provider="cuda")
+
+
+def test_sessions_are_reused_across_questions_and_videos(pipeline_fp32, clip_path, short_clips):  # noqa: F811
+    sessions = (pipeline_fp32.vision.session, pipeline_fp32.slowfast.session, pipeline_fp32.decoder.engine.session)
+    kv = dict(pipeline_fp32.decoder.kv)
+    first = pipeline_fp32.ask(clip_path, Q, gen=GEN)
+    pipeline_fp32.ask(short_clips["mp4-3"], "Describe the scene.", gen=GEN)
+    again = pipeline_fp32.ask(clip_path, Q, gen=GEN)
+    assert first.token_ids == again.token_ids  # no state leaks from one question to the next
+    assert sessions == (pipeline_fp32.vision.session, pipeline_fp32.slowfast.session, pipeline_fp32.decoder.engine.session)
+    assert all(pipeline_fp32.decoder.kv[n] is v for n, v in kv.items())  # the KV buffers are allocated once
+
+
+def test_result_fields_and_json(pipeline_fp32, short_clips):  # noqa: F811
+    r = pipeline_fp32.ask(short_clips["mp4-7"], Q, gen=GEN)
+    assert isinstance(r, AskResult)
+    d = r.to_dict()
+    assert set(d) == {"answer", "token_ids", "frame_indices", "num_frames_total", "num_visual_tokens",
+                      "timings_ms", "tokens_per_s"}
+    assert set(d["timings_ms"]) == {"decode_video", "preprocess", "vision", "slowfast", "prefill", "decode", "total"}
+    assert d["frame_indices"] == [0, 1, 2, 3, 3, 4, 5] and d["num_frames_total"] == 7
+    assert d["num_visual_tokens"] == 2880 + 16 * 7
+    assert 1 <= len(d["token_ids"]) <= GEN.max_new_tokens
+    mc = pipeline_fp32.ask(short_clips["mp4-7"], Q, ["yes", "no"], gen=GEN).to_dict()
+    assert "choice" in mc
+
+
+def test_stream_yields_the_answer_as_it_is_made(pipeline_fp32, short_clips):  # noqa: F811
+    pieces = list(pipeline_fp32.stream(short_clips["dir-5"], Q, gen=GEN))
+    result = pipeline_fp32.last_result
+    assert len(pieces) > 1 and "".join(pieces).strip() == result.answer
+    seen = []
+    assert pipeline_fp32.ask(short_clips["dir-5"], Q, gen=GEN, on_token=seen.append).answer == result.answer
+    assert seen == pieces
+
+
+def test_sampling_is_seeded(pipeline_fp32, short_clips):  # noqa: F811
+    video = short_clips["mp4-3"]
+    spec = GenerationSpec(max_new_tokens=10, temperature=1.0, top_p=0.9, top_k=50, seed=3)
+    a, b = (pipeline_fp32.ask(video, Q, gen=spec).token_ids for _ in range(2))
+    c = pipeline_fp32.ask(video, Q, gen=GenerationSpec(max_new_tokens=10, temperature=1.0, seed=4)).token_ids
+    greedy = pipeline_fp32.ask(video, Q, gen=GEN).token_ids
+    assert a == b and (a != greedy or c != greedy)
+
+
+def test_max_new_tokens_and_eos(pipeline_fp32, short_clips):  # noqa: F811
+    video = short_clips["mp4-3"]
+    assert len(pipeline_fp32.ask(video, Q, gen=GenerationSpec(max_new_tokens=1)).token_ids) == 1
+    prep = pipeline_fp32.prepare(video, Q)
+    free = list(generate(pipeline_fp32.decoder, prep.embeds, GenerationSpec(max_new_tokens=6), eos_token_ids=()))
+    stop = set(free[2:3])  # pretend the third token is EOS: generation ends before it
+    assert list(generate(pipeline_fp32.decoder, prep.embeds, GenerationSpec(max_new_tokens=6), stop)) == free[:2]
+    ignored = GenerationSpec(max_new_tokens=6, ignore_eos=True)
+    assert list(generate(pipeline_fp32.decoder, prep.embeds, ignored, stop)) == free
+
+
+def test_chunked_prefill_and_host_greedy_give_the_same_tokens(engines_fp32, pipeline_fp32, short_clips):  # noqa: F811
+    """Chunked prefill (shared KV buffer extended by several positions at a time) and the host
+    sampling path at temperature -> 0 agree with one-shot prefill + device greedy step."""
+    video = short_clips["mp4-12"]
+    want = pipeline_fp32.ask(video, Q, gen=GEN, record_logits=True)
+    chunked = Pipeline(engines_fp32, prefill_chunk=700).ask(video, Q, gen=GEN, record_logits=True)
+    assert chunked.token_ids == want.token_ids
+    np.testing.assert_allclose(chunked.first_logits, want.first_logits, rtol=0, atol=1e-4 * np.abs(want.first_logits).max())
+    cold = GenerationSpec(max_new_tokens=10, temperature=1e-6, seed=0)  # sampling path, effectively greedy
+    assert pipeline_fp32.ask(video, Q, gen=cold).token_ids == want.token_ids
+
+
+def test_prompt_too_long_for_the_engines(pipeline_fp32):  # noqa: F811
+    from sfedge.runtime.generate import prefill
+
+    dec = pipeline_fp32.decoder
+    with pytest.raises(SfedgeError, match="max_length"):
+        prefill(dec, np.zeros((1, dec.max_length, dec.table.shape[1]), np.float32))
+
+
+@pytest.mark.parametrize("text,want", [("a|b", ["a", "b"]), (" yes | no | maybe ", ["yes", "no", "maybe"])])
+def test_parse_options(text, want):
+    assert parse_options(text) == want
+
+
+@pytest.mark.parametrize("text", ["only one", "a||b", "|", "|".join("x" * 27)])
+def test_parse_options_rejects(text):
+    with pytest.raises(SfedgeError):
+        parse_options(text)
