@@ -21,7 +21,9 @@ Torch-free. Schema (version 1):
         "slowfast":   {"path": "slowfast.onnx", "inputs": [IO], "outputs": [IO]},
         "llm":        {"path": "llm/model.onnx", "inputs": [IO], "outputs": [IO], ...},
         "embeddings": {"path": "embeddings.npy", "dtype": "float32", "shape": [V, D]},
-        "tokenizer":  {"path": "tokenizer"}        # a directory holding tokenizer.json
+        "tokenizer":  {"path": "tokenizer"},       # a directory holding tokenizer.json
+        "greedy_step": {"path": "greedy_step.onnx", "inputs": [IO], "outputs": [IO]}
+                                                     # ArgMax(logits) + Gather(table) -> token, embeds
       },
       "source": {"checkpoint": "...", "config_sha256": "...", "weights_sha256": {file: sha}},
       "versions": {"torch": ..., "transformers": ..., "onnx": ..., "onnxruntime": ...,
@@ -89,7 +91,7 @@ from .errors import ManifestError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-COMPONENTS = ("vision", "slowfast", "llm", "embeddings", "tokenizer")
+COMPONENTS = ("vision", "slowfast", "llm", "embeddings", "tokenizer", "greedy_step")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -44,3 +44,23 @@ def test_bad_input_is_one_line_and_exit_2(argv):
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+@pytest.mark.slow
+def test_export_preset_writes_engines(tmp_path):
+    import json
+
+    out = tmp_path / "engines"
+    proc = subprocess.run([sys.executable, "-m", "sfedge", "export", "--preset", "sf-llava-test", str(out),
+                           "--no-validate", "--max-frames", "4", "--json"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["ok"] is True
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"]["checkpoint"].endswith("presets/sf-llava-test")
+    assert manifest["model"]["hidden_size"] == 128
+
+
+def test_export_needs_model_or_preset_not_both():
+    for argv in (["export", "/tmp/sfedge-out"], ["export", "tiny", "/tmp/sfedge-out", "--preset", "sf-llava-test"]):
+        out = subprocess.run([sys.executable, "-m", "sfedge", *argv], capture_output=True, text=True)
+        assert out.returncode == 2 and "either MODEL or --preset" in out.stderr

@@ -7,7 +7,6 @@ import shutil
 
 import onnxruntime as ort
 import pytest
-from runtime_fixtures import *  # noqa: F403 (session fixtures)
 
 from sfedge.cli import main
 
@@ -18,7 +17,7 @@ def last_json(text: str) -> dict:
     return json.loads(text.strip().splitlines()[-1])
 
 
-def test_ask_json(engines_fp32, short_clips, capsys):  # noqa: F811
+def test_ask_json(engines_fp32, short_clips, capsys):
     rc = main(["ask", str(engines_fp32), str(short_clips["mp4-7"]), "What is moving?", "--max-new-tokens", "8", "--json"])
     out = last_json(capsys.readouterr().out)
     assert rc == 0 and set(out) == ASK_KEYS
@@ -26,14 +25,14 @@ def test_ask_json(engines_fp32, short_clips, capsys):  # noqa: F811
     assert set(out["timings_ms"]) == {"decode_video", "preprocess", "vision", "slowfast", "prefill", "decode", "total"}
 
 
-def test_ask_multiple_choice_json_has_choice(engines_fp32, short_clips, capsys):  # noqa: F811
+def test_ask_multiple_choice_json_has_choice(engines_fp32, short_clips, capsys):
     rc = main(["ask", str(engines_fp32), str(short_clips["dir-5"]), "What colour?", "--options", "red|green|blue",
                "--max-new-tokens", "4", "--json"])
     out = last_json(capsys.readouterr().out)
     assert rc == 0 and set(out) == ASK_KEYS | {"choice"} and out["choice"] in (None, "A", "B", "C")
 
 
-def test_ask_plain_streams_the_answer(engines_fp32, short_clips, capsys):  # noqa: F811
+def test_ask_plain_streams_the_answer(engines_fp32, short_clips, capsys):
     argv = ["ask", str(engines_fp32), str(short_clips["mp4-3"]), "What is moving?", "--max-new-tokens", "8"]
     assert main(argv + ["--json"]) == 0
     answer = last_json(capsys.readouterr().out)["answer"]
@@ -41,7 +40,7 @@ def test_ask_plain_streams_the_answer(engines_fp32, short_clips, capsys):  # noq
     assert capsys.readouterr().out == answer + "\n"
 
 
-def test_ask_sampling_flags(engines_fp32, short_clips, capsys):  # noqa: F811
+def test_ask_sampling_flags(engines_fp32, short_clips, capsys):
     argv = ["ask", str(engines_fp32), str(short_clips["mp4-3"]), "What?", "--max-new-tokens", "6", "--json",
             "--temperature", "0.8", "--top-p", "0.9", "--top-k", "20", "--seed", "5"]
     runs = []
@@ -59,7 +58,7 @@ def _corrupt(engines, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["no engines", "no video", "one option", "empty option", "corrupt", "provider"])
-def test_ask_bad_input_is_one_line_and_exit_2(case, engines_fp32, short_clips, tmp_path, capsys):  # noqa: F811
+def test_ask_bad_input_is_one_line_and_exit_2(case, engines_fp32, short_clips, tmp_path, capsys):
     engines, video, extra = str(engines_fp32), str(short_clips["mp4-3"]), []
     if case == "no engines":
         engines = str(tmp_path / "nowhere")
@@ -80,14 +79,14 @@ def test_ask_bad_input_is_one_line_and_exit_2(case, engines_fp32, short_clips, t
     assert rc == 2 and len(err.splitlines()) == 1 and err.startswith("sfedge ask: error:"), err
 
 
-def test_verify_json(engines_fp32, tiny_dir, capsys):  # noqa: F811
+def test_verify_json(engines_fp32, tiny_dir, capsys):
     rc = main(["verify", str(engines_fp32), "--model", str(tiny_dir), "--max-new-tokens", "8", "--json"])
     out = last_json(capsys.readouterr().out)
     assert rc == 0 and out["passed"] and out["verdict"] in ("match", "near-tie")
     assert out["first_logits_rel_err"] < 1e-4 and out["vision_rel_err"] < 1e-4 and out["prompt_ids_match"]
 
 
-def test_verify_human_output(engines_fp32, tiny_dir, short_clips, capsys):  # noqa: F811
+def test_verify_human_output(engines_fp32, tiny_dir, short_clips, capsys):
     rc = main(["verify", str(engines_fp32), "--model", str(tiny_dir), "--video", str(short_clips["dir-5"]),
                "--options", "yes|no", "--max-new-tokens", "4"])
     out = capsys.readouterr().out

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runtime_fixtures import *  # noqa: F403 (session fixtures)
 
 import sfedge.runtime
 
@@ -25,7 +24,7 @@ def test_no_forbidden_import_in_runtime_sources():
                 assert name.split(".")[0] not in FORBIDDEN, f"{path.name} imports {name}"
 
 
-def test_pipeline_runs_without_torch_or_transformers(engines_fp32, clip_path):  # noqa: F811
+def test_pipeline_runs_without_torch_or_transformers(engines_fp32, clip_path):
     code = f"""
 import json, sys
 from sfedge.runtime.pipeline import Pipeline
@@ -39,7 +38,7 @@ print(json.dumps({{"tokens": r.token_ids, "loaded": [m for m in {FORBIDDEN!r} if
     assert result["tokens"] and result["loaded"] == []
 
 
-def test_ask_command_runs_without_torch_or_transformers(engines_fp32, clip_path):  # noqa: F811
+def test_ask_command_runs_without_torch_or_transformers(engines_fp32, clip_path):
     code = f"""
 import sys
 from sfedge.cli import main

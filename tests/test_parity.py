@@ -15,7 +15,6 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from runtime_fixtures import *  # noqa: F403 (session fixtures)
 
 from sfedge.commands.verify import FP32_LOGITS_TOLERANCE, reference_visual_tokens, stage_errors, token_parity
 
@@ -40,12 +39,12 @@ RESULTS: list[dict] = []
 
 
 @pytest.fixture(scope="session")
-def clips(short_clips, clip_path):  # noqa: F811
+def clips(short_clips, clip_path):
     return {"mp4-60": clip_path, **short_clips}
 
 
 @pytest.fixture(scope="session")
-def reference_visual(clips, reference_llama, pipeline_fp32):  # noqa: F811
+def reference_visual(clips, reference_llama, pipeline_fp32):
     """clip name -> (pixels, reference features, reference visual tokens), computed once per clip."""
     cache = {}
 
@@ -70,8 +69,8 @@ def check(report: dict, label: str) -> None:
 
 
 @pytest.mark.parametrize("clip,question,options", CASES, ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(CASES)])
-def test_greedy_tokens_match_the_reference(clip, question, options, clips, reference_visual, pipeline_fp32,  # noqa: F811
-                                           reference_llama):  # noqa: F811
+def test_greedy_tokens_match_the_reference(clip, question, options, clips, reference_visual, pipeline_fp32,
+                                           reference_llama):
     if clip not in clips:
         pytest.skip(f"no encoder for {clip}")
     _, _, ref_visual = reference_visual(clip)
@@ -82,12 +81,12 @@ def test_greedy_tokens_match_the_reference(clip, question, options, clips, refer
 
 
 @pytest.mark.parametrize("clip", ["mp4-60", "mp4-3", "dir-5"])
-def test_vision_and_slowfast_stage_errors(clip, reference_visual, pipeline_fp32):  # noqa: F811
+def test_vision_and_slowfast_stage_errors(clip, reference_visual, pipeline_fp32):
     errors = stage_errors(pipeline_fp32, *reference_visual(clip))
     assert errors["vision_rel_err"] < 1e-4 and errors["slowfast_rel_err"] < 1e-5, errors
 
 
-def test_ask_fields_match_the_reference_answer(clips, pipeline_fp32, reference_llama):  # noqa: F811
+def test_ask_fields_match_the_reference_answer(clips, pipeline_fp32, reference_llama):
     from sfedge.spec import GenerationSpec
 
     gen = GenerationSpec(max_new_tokens=MAX_NEW_TOKENS)

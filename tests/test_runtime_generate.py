@@ -14,6 +14,7 @@ import json
 import numpy as np
 import pytest
 
+from sfedge.export.step import export_step
 from sfedge.runtime.engines import OrtEngine
 from sfedge.runtime.generate import Decoder, generate
 from sfedge.spec import GenerationSpec
@@ -65,7 +66,8 @@ def test_generate_matches_hf_greedy(llama, tmp_path, ep, precision, shared):
     assert engine.inputs["inputs_embeds"].dtype == (np.float32 if precision == "fp32" else np.float16)
     table = model.model.embed_tokens.weight.detach().numpy()
     kv_names = [(f"past_key_values.{i}.{k}", f"present.{i}.{k}") for i in range(LAYERS) for k in ("key", "value")]
-    dec = Decoder(engine, table, kv_names=kv_names, num_kv_heads=KV_HEADS, head_dim=HEAD_DIM,
+    step = export_step(out, np.dtype(engine.outputs["logits"].dtype).name, np.dtype(engine.inputs["inputs_embeds"].dtype).name)
+    dec = Decoder(engine, table, out / step["path"], kv_names=kv_names, num_kv_heads=KV_HEADS, head_dim=HEAD_DIM,
                   max_length=MAX_LEN, shared=shared)
     ids = [1, 57, 300, 12, 999, 4, 77, 78, 79, 80, 81]
     with torch.no_grad():
@@ -88,7 +90,8 @@ def test_cache_full_stops_generation(llama, tmp_path):
     out = build(ckpt, tmp_path / "fp32", "fp32")
     table = model.model.embed_tokens.weight.detach().numpy()
     kv_names = [(f"past_key_values.{i}.{k}", f"present.{i}.{k}") for i in range(LAYERS) for k in ("key", "value")]
-    dec = Decoder(OrtEngine(out / "model.onnx"), table, kv_names=kv_names, num_kv_heads=KV_HEADS,
+    step = export_step(out, "float32", "float32")
+    dec = Decoder(OrtEngine(out / "model.onnx"), table, out / step["path"], kv_names=kv_names, num_kv_heads=KV_HEADS,
                   head_dim=HEAD_DIM, max_length=16, shared=True)
     got = list(generate(dec, table[[1, 5, 6, 7, 8, 9, 10, 11, 12, 13]][None], GenerationSpec(max_new_tokens=50), ()))
     assert len(got) == 16 - 10 + 1 and dec.length == 16  # the last token is produced, never stored

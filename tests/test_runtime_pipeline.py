@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pytest
-from runtime_fixtures import *  # noqa: F403 (session fixtures)
 
 from sfedge.errors import ManifestError, SfedgeError
 from sfedge.runtime.generate import generate
@@ -18,7 +17,7 @@ GEN = GenerationSpec(max_new_tokens=10)
 Q = "What is moving in the video?"
 
 
-def test_manifest_is_verified_before_anything_is_loaded(engines_fp32, tmp_path, monkeypatch):  # noqa: F811
+def test_manifest_is_verified_before_anything_is_loaded(engines_fp32, tmp_path, monkeypatch):
     bad = tmp_path / "engines"
     shutil.copytree(engines_fp32, bad)
     with open(bad / "llm" / "model.onnx.data", "r+b") as f:
@@ -33,7 +32,7 @@ def test_manifest_is_verified_before_anything_is_loaded(engines_fp32, tmp_path, 
         Pipeline(tmp_path / "missing")
 
 
-def test_unavailable_provider_is_a_clear_error(engines_fp32):  # noqa: F811
+def test_unavailable_provider_is_a_clear_error(engines_fp32):
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
@@ -42,7 +41,7 @@ def test_unavailable_provider_is_a_clear_error(engines_fp32):  # noqa: F811
         Pipeline(engines_fp32, provider="cuda")
 
 
-def test_sessions_are_reused_across_questions_and_videos(pipeline_fp32, clip_path, short_clips):  # noqa: F811
+def test_sessions_are_reused_across_questions_and_videos(pipeline_fp32, clip_path, short_clips):
     sessions = (pipeline_fp32.vision.session, pipeline_fp32.slowfast.session, pipeline_fp32.decoder.engine.session)
     kv = dict(pipeline_fp32.decoder.kv)
     first = pipeline_fp32.ask(clip_path, Q, gen=GEN)
@@ -53,7 +52,7 @@ def test_sessions_are_reused_across_questions_and_videos(pipeline_fp32, clip_pat
     assert all(pipeline_fp32.decoder.kv[n] is v for n, v in kv.items())  # the KV buffers are allocated once
 
 
-def test_result_fields_and_json(pipeline_fp32, short_clips):  # noqa: F811
+def test_result_fields_and_json(pipeline_fp32, short_clips):
     r = pipeline_fp32.ask(short_clips["mp4-7"], Q, gen=GEN)
     assert isinstance(r, AskResult)
     d = r.to_dict()
@@ -67,7 +66,7 @@ def test_result_fields_and_json(pipeline_fp32, short_clips):  # noqa: F811
     assert "choice" in mc
 
 
-def test_stream_yields_the_answer_as_it_is_made(pipeline_fp32, short_clips):  # noqa: F811
+def test_stream_yields_the_answer_as_it_is_made(pipeline_fp32, short_clips):
     pieces = list(pipeline_fp32.stream(short_clips["dir-5"], Q, gen=GEN))
     result = pipeline_fp32.last_result
     assert len(pieces) > 1 and "".join(pieces).strip() == result.answer
@@ -76,7 +75,7 @@ def test_stream_yields_the_answer_as_it_is_made(pipeline_fp32, short_clips):  # 
     assert seen == pieces
 
 
-def test_sampling_is_seeded(pipeline_fp32, short_clips):  # noqa: F811
+def test_sampling_is_seeded(pipeline_fp32, short_clips):
     video = short_clips["mp4-3"]
     spec = GenerationSpec(max_new_tokens=10, temperature=1.0, top_p=0.9, top_k=50, seed=3)
     a, b = (pipeline_fp32.ask(video, Q, gen=spec).token_ids for _ in range(2))
@@ -85,7 +84,7 @@ def test_sampling_is_seeded(pipeline_fp32, short_clips):  # noqa: F811
     assert a == b and (a != greedy or c != greedy)
 
 
-def test_max_new_tokens_and_eos(pipeline_fp32, short_clips):  # noqa: F811
+def test_max_new_tokens_and_eos(pipeline_fp32, short_clips):
     video = short_clips["mp4-3"]
     assert len(pipeline_fp32.ask(video, Q, gen=GenerationSpec(max_new_tokens=1)).token_ids) == 1
     prep = pipeline_fp32.prepare(video, Q)
@@ -96,7 +95,7 @@ def test_max_new_tokens_and_eos(pipeline_fp32, short_clips):  # noqa: F811
     assert list(generate(pipeline_fp32.decoder, prep.embeds, ignored, stop)) == free
 
 
-def test_chunked_prefill_and_host_greedy_give_the_same_tokens(engines_fp32, pipeline_fp32, short_clips):  # noqa: F811
+def test_chunked_prefill_and_host_greedy_give_the_same_tokens(engines_fp32, pipeline_fp32, short_clips):
     """Chunked prefill (shared KV buffer extended by several positions at a time) and the host
     sampling path at temperature -> 0 agree with one-shot prefill + device greedy step."""
     video = short_clips["mp4-12"]
@@ -108,7 +107,7 @@ def test_chunked_prefill_and_host_greedy_give_the_same_tokens(engines_fp32, pipe
     assert pipeline_fp32.ask(video, Q, gen=cold).token_ids == want.token_ids
 
 
-def test_prompt_too_long_for_the_engines(pipeline_fp32):  # noqa: F811
+def test_prompt_too_long_for_the_engines(pipeline_fp32):
     from sfedge.runtime.generate import prefill
 
     dec = pipeline_fp32.decoder

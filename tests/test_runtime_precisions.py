@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from runtime_fixtures import *  # noqa: F403 (session fixtures)
-from runtime_fixtures import _export
+from conftest import export_tiny
 
 from sfedge.commands.verify import FP32_LOGITS_TOLERANCE, reference_visual_tokens, rel_error, token_parity
 from sfedge.spec import GenerationSpec
@@ -20,7 +19,7 @@ LOGIT_BOUNDS = {"fp16": 5e-2, "int4": 0.5}
 
 
 @pytest.fixture(scope="module")
-def mistral(engines_mistral, tiny_mistral_dir):  # noqa: F811
+def mistral(engines_mistral, tiny_mistral_dir):
     from sfedge.reference.model import SlowFastLlava
     from sfedge.runtime.pipeline import Pipeline
 
@@ -29,7 +28,7 @@ def mistral(engines_mistral, tiny_mistral_dir):  # noqa: F811
 
 
 @pytest.mark.parametrize("clip,question,options", MISTRAL_CASES)
-def test_mistral_tokens_match_the_reference(clip, question, options, mistral, short_clips):  # noqa: F811
+def test_mistral_tokens_match_the_reference(clip, question, options, mistral, short_clips):
     pipe, reference = mistral
     _, _, visual = reference_visual_tokens(reference, pipe, short_clips[clip])
     report = token_parity(pipe, reference, short_clips[clip], question, options, visual, 12)
@@ -41,10 +40,10 @@ def test_mistral_tokens_match_the_reference(clip, question, options, mistral, sh
 
 @pytest.mark.parametrize("precision", ["fp16", "int4"])
 def test_low_precision_engines_run_end_to_end(precision, tmp_path_factory, tiny_dir, clip_path, short_clips,
-                                              pipeline_fp32, reference_llama):  # noqa: F811
+                                              pipeline_fp32, reference_llama):
     from sfedge.runtime.pipeline import Pipeline
 
-    pipe = Pipeline(_export(tmp_path_factory, tiny_dir, f"tiny-llama-{precision}", precision))
+    pipe = Pipeline(export_tiny(tmp_path_factory, tiny_dir, f"tiny-llama-{precision}", precision))
     gen = GenerationSpec(max_new_tokens=12)
     for video in (clip_path, short_clips["dir-5"]):
         got = pipe.ask(video, "What is moving in the video?", gen=gen, record_logits=True)

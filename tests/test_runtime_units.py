@@ -9,7 +9,7 @@ import pytest
 from sfedge.errors import SfedgeError
 from sfedge.runtime.engines import check_provider, session_providers, trt_profile_shapes
 from sfedge.runtime.generate import sample_next
-from sfedge.runtime.stepgraph import greedy_step_model
+from sfedge.export.step import export_step
 from sfedge.runtime.tokenizer import TextTokenizer
 from sfedge.spec import GenerationSpec
 
@@ -45,8 +45,9 @@ def test_top_k_and_top_p_restrict_the_support():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_greedy_step_graph_is_argmax_then_gather(dtype):
-    session = ort.InferenceSession(greedy_step_model(dtype, dtype), providers=["CPUExecutionProvider"])
+def test_greedy_step_graph_is_argmax_then_gather(dtype, tmp_path):
+    entry = export_step(tmp_path, np.dtype(dtype).name, np.dtype(dtype).name)
+    session = ort.InferenceSession(str(tmp_path / entry["path"]), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(1, 1, 97)).astype(dtype)
     table = rng.normal(size=(97, 8)).astype(dtype)

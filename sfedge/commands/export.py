@@ -10,8 +10,13 @@ HELP = "export a llava-hf LLaVA-NeXT checkpoint (or 'tiny') to ONNX graphs + man
 
 def add_arguments(p) -> None:
     d = SlowFastSpec()
-    p.add_argument("model", help="local llava-hf checkpoint directory, or 'tiny' / 'tiny-mistral'")
+    from ..models.presets import PRESETS
+
+    p.add_argument("model", nargs="?", help="local llava-hf checkpoint directory, or 'tiny' / 'tiny-mistral'")
     p.add_argument("out", help="output directory (refused if it exists, unless --force)")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="instead of MODEL: a real architecture with random weights, made locally once "
+                        "(cached) for benchmarks")
     p.add_argument("--precision", choices=("fp32", "fp16", "int4"), default="fp32",
                    help="fp32; fp16 (vision + slowfast fp16, LLM fp16 on cuda / fp32 on cpu); "
                         "int4 (LLM MatMulNBits int4, block 32) (default: fp32)")
@@ -30,12 +35,19 @@ def run(args) -> int:
     from ..errors import SfedgeError, ValidationError
     from ..export import export_model
 
+    if (args.model is None) == (args.preset is None):
+        raise SfedgeError("give either MODEL or --preset NAME")
+    model = args.model
+    if args.preset:
+        from ..models.presets import preset_checkpoint
+
+        model = preset_checkpoint(args.preset)
     try:
         slowfast = SlowFastSpec(slow_frames=args.slow_frames, slow_mode=args.slow_mode, fast_grid=args.fast_grid)
     except ValueError as e:
         raise SfedgeError(str(e)) from None
     try:
-        manifest = export_model(args.model, args.out, precision=args.precision, device=args.device,
+        manifest = export_model(model, args.out, precision=args.precision, device=args.device,
                                 max_frames=args.max_frames, slowfast=slowfast, validate=args.validate,
                                 force=args.force, progress=True)
     except ValidationError as e:
@@ -49,6 +61,6 @@ def run(args) -> int:
         v = manifest["validation"]
         status = "not validated" if v is None else "validated: " + ", ".join(
             f"{k} rel {v[k]['rel']:.2e} cos {v[k]['cosine']:.4f}" for k in ("vision", "slowfast", "llm", "chain"))
-        print(f"exported {args.model} -> {args.out} ({manifest['precision']}, {manifest['device']}) in "
+        print(f"exported {args.preset or args.model} -> {args.out} ({manifest['precision']}, {manifest['device']}) in "
               f"{manifest['export_seconds']:.1f} s; {status}")
     return 0

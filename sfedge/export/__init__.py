@@ -7,6 +7,7 @@ OUT holds:
     llm/model.onnx (+ .data)  onnxruntime-genai decoder: inputs_embeds + KV cache -> logits
     llm/genai_config.json     the builder's config (+ its copy of the tokenizer)
     embeddings.npy            token-embedding table [V, D] in the decoder's input dtype
+    greedy_step.onnx          ArgMax(logits) + Gather(table): greedy decoding stays on the device
     tokenizer/                the checkpoint's tokenizer files
     manifest.json             the contract (sfedge/manifest.py), incl. the validation report
 
@@ -85,6 +86,7 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
     from . import llm as llm_mod
     from .manifest_build import component_entry, model_block, read_manifest, source_identity, versions
     from .slowfast import export_slowfast
+    from .step import export_step
     from .validate import compare, reference_cases
     from .vision import export_vision
 
@@ -99,6 +101,8 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
         llm_mod.run_builder(scratch / "text", root / "llm", precision, device, scratch / "builder.log")
     llm = llm_mod.describe_llm(root / "llm", "llm", precision, device)
     tokenizer_files = llm_mod.copy_tokenizer(ckpt, root / "tokenizer")
+    logits_dtype = next(io["dtype"] for io in llm["outputs"] if io["name"] == "logits")
+    step = export_step(root, logits_dtype, emb_dtype)
 
     bar.step("reference")
     ref_device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
@@ -131,6 +135,7 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
             "llm": llm,
             "embeddings": {"path": "embeddings.npy", "dtype": emb_dtype, "shape": list(table_shape)},
             "tokenizer": {"path": "tokenizer", "files": sorted(tokenizer_files)},
+            "greedy_step": step,
         },
         "source": source_identity(name, ckpt),
         "versions": versions(),

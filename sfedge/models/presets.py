@@ -15,6 +15,10 @@ Presets:
   sf-llava-34b     CLIP-L/336 + Yi-34B     (llava-hf/llava-v1.6-34b-hf shapes, vocab 64064, ChatML)
   sf-llava-jetson  CLIP-L/336 + Llama-3.2-3B shapes (tied embeddings; a LlamaForCausalLM text
                    model, which onnxruntime-genai's builder supports); int4 fits 8 GB Jetsons
+  sf-llava-cpu     CLIP-L/336 + real projector to D=1024 + a small Llama-shaped LLM (0.25B: hidden
+                   1024, 16 layers, 16 heads / 4 KV heads (GQA), MLP 2816, vocab 32064): the real
+                   vision geometry with an LLM small enough that export + `sfedge bench --frames 4
+                   --new-tokens 32 --runs 3` (engines and reference) finish in minutes on a 2-core CPU
   sf-llava-test    the same code path at toy widths, for tests
 """
 
@@ -42,6 +46,8 @@ YI_34B = dict(vocab_size=64064, hidden_size=7168, intermediate_size=20480, num_h
 LLAMA32_3B = dict(vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
                   num_attention_heads=24, num_key_value_heads=8, rope_theta=500000.0, rms_norm_eps=1e-5,
                   tie_word_embeddings=True)
+SMALL_LLAMA = dict(vocab_size=32064, hidden_size=1024, intermediate_size=2816, num_hidden_layers=16,
+                   num_attention_heads=16, num_key_value_heads=4, rope_theta=10000.0, rms_norm_eps=1e-5)
 TOY_VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
                   projection_dim=32)
 TOY_LLM = dict(vocab_size=2048, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
@@ -52,6 +58,7 @@ PRESETS: dict[str, tuple[dict, dict, str]] = {
     "sf-llava-7b": (CLIP_L, VICUNA_7B, "vicuna"),
     "sf-llava-34b": (CLIP_L, YI_34B, "chatml"),
     "sf-llava-jetson": (CLIP_L, LLAMA32_3B, "vicuna"),
+    "sf-llava-cpu": (CLIP_L, SMALL_LLAMA, "vicuna"),
     "sf-llava-test": (TOY_VISION, TOY_LLM, "vicuna"),
 }
 

@@ -15,7 +15,7 @@ Two KV layouts, as the builder declares in genai_config.json (`past_present_shar
 
 The attention mask and position ids are windows onto two device buffers made once (ones and
 0..max_length-1), bound by pointer with the step's shape. Greedy decoding runs ArgMax + embedding
-Gather on the device (stepgraph.py) into the buffer the LLM reads as `inputs_embeds`: between
+Gather on the device (the exported greedy_step.onnx) into the buffer the LLM reads as `inputs_embeds`: between
 decode steps only the new token id (8 bytes) reaches the host. Sampling reads the logits
 ([V] floats) on the host, samples with numpy and writes the next embedding back.
 """
@@ -30,16 +30,16 @@ import onnxruntime as ort
 from ..errors import SfedgeError
 from ..spec import GenerationSpec
 from .engines import OrtEngine, session_providers
-from .stepgraph import greedy_step_model
 
 
 class Decoder:
     """The LLM engine and everything allocated once for it: KV cache, mask and position buffers,
     the [1, 1, V] logits and [1, 1, D] embeds buffers, the embedding table and the greedy step."""
 
-    def __init__(self, engine: OrtEngine, table: np.ndarray, *, kv_names: list[tuple[str, str]],
+    def __init__(self, engine: OrtEngine, table: np.ndarray, step_path, *, kv_names: list[tuple[str, str]],
                  num_kv_heads: int, head_dim: int, max_length: int, shared: bool):
-        """`kv_names`: (past input, present output) name pairs, one per key and per value tensor."""
+        """`step_path`: the exported greedy_step.onnx; `kv_names`: (past input, present output) name
+        pairs, one per key and per value tensor."""
         self.engine, self.max_length, self.shared = engine, max_length, shared
         self.device = engine.device
         self.has_positions = "position_ids" in engine.inputs
@@ -56,8 +56,7 @@ class Decoder:
         self.embeds = self._alloc([1, 1, hidden], self.dtype)
         self.device_table = self._upload(self.table)
         step_providers = session_providers("cpu" if self.device == "cpu" else "cuda")
-        model = greedy_step_model(engine.outputs["logits"].dtype, self.dtype)
-        self.step = ort.InferenceSession(model, providers=step_providers)
+        self.step = ort.InferenceSession(str(step_path), providers=step_providers)
         self.step_binding = self.step.io_binding()
         self.step_binding.bind_ortvalue_input("logits", self.logits)
         self.step_binding.bind_ortvalue_input("table", self.device_table)

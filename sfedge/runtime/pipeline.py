@@ -91,7 +91,8 @@ class Pipeline:
         # is a CUDA-EP contrib op TensorRT cannot build, so the LLM runs on the CUDA EP.
         llm = engine("llm", "cuda" if provider == "tensorrt" else provider, mem_reuse=shared)
         table = np.load(root / comps["embeddings"]["path"], mmap_mode="r")
-        self.decoder = Decoder(llm, table, kv_names=_kv_names(comps["llm"], model["num_layers"]),
+        self.decoder = Decoder(llm, table, root / comps["greedy_step"]["path"],
+                               kv_names=_kv_names(comps["llm"], model["num_layers"]),
                                num_kv_heads=model["num_kv_heads"], head_dim=model["head_dim"],
                                max_length=model["max_length"], shared=shared)
         self.tokenizer = TextTokenizer(root / comps["tokenizer"]["path"])
