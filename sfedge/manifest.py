@@ -85,7 +85,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .errors import ManifestError
 
@@ -102,13 +102,18 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+RUNTIME_CACHE = "trt_cache"  # ONNX Runtime's TensorRT EP engine cache: rewritten at run time, not hashed
+
+
 def hash_tree(root: Path) -> dict[str, str]:
-    """sha256 of every file under root (manifest excluded), keyed by POSIX relative path."""
+    """sha256 of every file under root (manifest and runtime cache excluded), keyed by POSIX
+    relative path."""
     root = Path(root)
     return {
-        p.relative_to(root).as_posix(): sha256_file(p)
+        rel: sha256_file(p)
         for p in sorted(root.rglob("*"))
         if p.is_file() and p.name != MANIFEST_NAME
+        and (rel := p.relative_to(root).as_posix()).split("/")[0] != RUNTIME_CACHE
     }
 
 
@@ -134,19 +139,41 @@ def load_manifest(root: Path, verify_files: bool = True) -> dict:
         raise ManifestError(f"no {MANIFEST_NAME} in {root} (not an sfedge engines directory?)")
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ManifestError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ManifestError(f"{path}: schema_version {version!r}, this sfedge reads {SCHEMA_VERSION}")
-    missing = [c for c in COMPONENTS if c not in manifest.get("components", {})]
+    components = manifest.get("components")
+    missing = [c for c in COMPONENTS if not isinstance(components, dict) or not isinstance(components.get(c), dict)]
     if missing:
         raise ManifestError(f"{path}: components missing: {', '.join(missing)}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ManifestError(f"{path}: no file hashes recorded: the engines cannot be verified")
+    for rel in [*files, *(c.get("path", "") for c in components.values())]:
+        if not _safe_relative(rel):
+            raise ManifestError(f"{path}: unsafe path {rel!r} (must be relative, inside the engines directory)")
+    for name in COMPONENTS:
+        rel = components[name].get("path", "")
+        covered = rel in files or any(f.startswith(rel.rstrip("/") + "/") for f in files)
+        if not covered:
+            raise ManifestError(f"{path}: component {name} ({rel!r}) has no recorded sha256")
+        data = f"{rel}.data"
+        if (root / data).exists() and data not in files:
+            raise ManifestError(f"{path}: {data} has no recorded sha256")
     if verify_files:
-        for rel, digest in manifest.get("files", {}).items():
+        for rel, digest in files.items():
             f = root / rel
             if not f.is_file():
                 raise ManifestError(f"{root}: file listed in the manifest is missing: {rel}")
             if sha256_file(f) != digest:
                 raise ManifestError(f"{root}: {rel} does not match its sha256 in the manifest (corrupted or edited)")
     return manifest
+
+
+def _safe_relative(rel: str) -> bool:
+    p = PurePosixPath(rel)
+    return bool(rel) and not p.is_absolute() and ".." not in p.parts and "\\" not in rel

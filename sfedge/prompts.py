@@ -66,9 +66,9 @@ def parse_choice(answer: str, num_options: int) -> str | None:
     text = answer.strip()
     if text and text[0] in letters and (len(text) == 1 or not text[1].isalpha()):
         return text[0]
-    m = re.search(r"\(?\b([A-Z])\s*[):.]", text)
-    if m and m.group(1) in letters:
-        return m.group(1)
+    for m in re.finditer(r"\(?\b([A-Z])\s*[):.]", text):
+        if m.group(1) in letters:
+            return m.group(1)
     return None
 
 

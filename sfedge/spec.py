@@ -5,6 +5,7 @@ Pure Python + numpy: imported by the reference, the exporter and the runtime ali
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -78,11 +79,6 @@ class SlowFastSpec:
         return f"slow_{self.slow_frames}frms_spatial_{self.slow_mode}_pool-fast_{self.fast_grid}x{self.fast_grid}"
 
 
-def slow_frame_indices(num_frames: int, slow_frames: int = 10) -> list[int]:
-    """SPEC 4: int32(linspace(0, T, S + 1)) minus the last element (repeats when T < S)."""
-    return np.linspace(0, num_frames, slow_frames + 1).astype(np.int32)[:-1].tolist()
-
-
 @dataclass(frozen=True)
 class GenerationSpec:
     """Decoding (SPEC 6): greedy unless temperature > 0."""
@@ -93,6 +89,16 @@ class GenerationSpec:
     top_k: int = 0  # 0 = no top-k filter
     seed: int | None = None
     ignore_eos: bool = False  # benchmarks: always generate exactly max_new_tokens
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:  # also rejects nan
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
 
     @property
     def greedy(self) -> bool:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sfedge.reference.slowfast import SlowFastPool, slow_indices
+from sfedge.reference.slowfast import SlowFastPool, slow_index_table, slow_indices
 from sfedge.spec import SLOW_MODES, SlowFastSpec
 
 FRAME_COUNTS = (1, 2, 7, 10, 11, 50, 64)
@@ -19,7 +19,8 @@ def numpy_slowfast(features: np.ndarray, slow_frames=10, slow_mode="1d_max", fas
     grid = features.reshape(t, 24, 24, d)
     reduce = np.max if slow_mode.endswith("max") else np.mean
     slow = []
-    for f in np.linspace(0, t, slow_frames + 1).astype(np.int32)[:-1]:
+    # slow frames exactly as SF-LLaVA's prepare_slowfast picks them (torch's float32 linspace)
+    for f in torch.linspace(0, t, slow_frames + 1).to(torch.int32).tolist()[:-1]:
         if slow_mode.startswith("1d"):  # pairs of consecutive tokens in the row-major sequence
             seq = features[f]
             slow += [reduce(seq[j:j + 2], axis=0) for j in range(0, 576, 2)]
@@ -84,26 +85,43 @@ def test_row_major_within_frame():
     assert out[2880:2884].tolist() == [2.5, 8.5, 14.5, 20.5]
 
 
-@pytest.mark.parametrize(("t", "s"), [(164, 20), (7, 10), (1, 10), (50, 10), (999, 30), (3, 7)])
-def test_slow_indices_are_numpy_linspace(t, s):
-    want = np.linspace(0, t, s + 1).astype(np.int32)[:-1].tolist()
-    assert slow_indices(torch.tensor(t), s).tolist() == want
+@pytest.mark.parametrize(("t", "expected"), [
+    (1, [0] * 10),
+    (7, [0, 0, 1, 2, 2, 3, 4, 4, 5, 6]),  # SPEC 4
+    (10, list(range(10))),
+    (50, list(range(0, 50, 5))),
+])
+def test_slow_indices_by_hand(t, expected):
+    assert slow_indices(t, 10).tolist() == expected
+
+
+def test_slow_indices_follow_torch_float32_linspace_not_numpy():
+    # the reference code's torch.linspace: index 15 of 20 over 164 frames is 123 (numpy says 122)
+    assert slow_indices(164, 20)[15] == 123
+    assert np.linspace(0, 164, 21).astype(np.int32)[15] == 122
+    assert slow_indices(2, 14).tolist() == [0] * 8 + [1] * 6  # numpy: 7 zeros
+
+
+def test_slow_index_table_rows_are_slow_indices():
+    table = slow_index_table(300, 14)
+    assert all(table[t].tolist() == slow_indices(t, 14).tolist() for t in range(1, 301))
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.onnx internals
 def test_exports_to_onnx_with_dynamic_frame_count(tmp_path):
-    """One graph for every T, including T < S and the float64 index quirk (S = 20, T = 164)."""
+    """The production exporter: one graph for every T, including T < S and torch's linspace quirks
+    (S = 20, T = 164; S = 14, T = 2)."""
     ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
-    spec = SlowFastSpec(slow_frames=20, slow_mode="2d_max", fast_grid=3)
-    module = SlowFastPool(spec).eval()
-    path = tmp_path / "slowfast.onnx"
-    frames = torch.export.Dim("frames", min=1, max=1024)
-    torch.onnx.export(module, (torch.randn(50, 576, D),), str(path), dynamo=True, input_names=["features"],
-                      output_names=["tokens"], dynamic_shapes={"features": {0: frames}})
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for t in (1, 7, 164):
-        frame_ids = np.arange(t, dtype=np.float32)[:, None, None]  # shows which frames were picked
-        x = frame_ids + np.random.default_rng(t).random((t, 576, D), dtype=np.float32)
-        got = session.run(None, {"features": x})[0]
+    pytest.importorskip("onnx")
+    from sfedge.export.slowfast import export_slowfast
+
+    for spec, frame_counts in ((SlowFastSpec(slow_frames=20, slow_mode="2d_max", fast_grid=3), (1, 7, 164, 200)),
+                               (SlowFastSpec(slow_frames=14), (2, 4, 13))):
+        (tmp_path / str(spec.slow_frames)).mkdir()
+        path, _ = export_slowfast(spec, D, 200, tmp_path / str(spec.slow_frames))
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for t in frame_counts:
+            frame_ids = np.arange(t, dtype=np.float32)[:, None, None]  # shows which frames were picked
+            x = frame_ids + np.random.default_rng(t).random((t, 576, D), dtype=np.float32)
+            got = session.run(None, {"features": x})[0]
         np.testing.assert_allclose(got, _pool(spec, x), rtol=1e-6, atol=1e-6)

@@ -55,7 +55,7 @@ def test_detect_family():
 
 @pytest.mark.parametrize(("answer", "expected"), [
     ("A) running", "A"), ("B", "B"), ("C: eating", "C"), (" (B) sleeping", "B"),
-    ("Apples", None), ("D) nothing", None), ("", None),
+    ("Apples", None), ("D) nothing", None), ("", None), ("E) no, I mean (B) sleeping", "B"),
 ])
 def test_parse_choice(answer, expected):
     assert parse_choice(answer, 3) == expected

@@ -183,3 +183,16 @@ def test_answer_on_a_frame_directory(ref, tmp_path):
     assert out.num_visual_tokens == 2880 + 12 * 16
     assert 0 < len(out.token_ids) <= 4 and out.answer == ref.decode(out.token_ids)
     assert out.choice in (None, "A", "B")
+
+
+def test_chatml_im_end_ends_generation():
+    """Yi-34B (ChatML): llava-hf's fast tokenizer names <|endoftext|> as EOS; turns end with <|im_end|>."""
+    from types import SimpleNamespace
+
+    from sfedge.reference.model import _eos_ids
+
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=2))
+    tokenizer = SimpleNamespace(eos_token_id=2, get_vocab=lambda: {"<|endoftext|>": 2, "<|im_end|>": 7})
+    assert _eos_ids(model, tokenizer) == {2, 7}
+    vicuna = SimpleNamespace(eos_token_id=2, get_vocab=lambda: {"</s>": 2})
+    assert _eos_ids(model, vicuna) == {2}

@@ -57,11 +57,12 @@ def test_result_fields_and_json(pipeline_fp32, short_clips):
     assert isinstance(r, AskResult)
     d = r.to_dict()
     assert set(d) == {"answer", "token_ids", "frame_indices", "num_frames_total", "num_visual_tokens",
-                      "timings_ms", "tokens_per_s"}
+                      "timings_ms", "tokens_per_s", "stop_reason"}
     assert set(d["timings_ms"]) == {"decode_video", "preprocess", "vision", "slowfast", "prefill", "decode", "total"}
     assert d["frame_indices"] == [0, 1, 2, 3, 3, 4, 5] and d["num_frames_total"] == 7
     assert d["num_visual_tokens"] == 2880 + 16 * 7
     assert 1 <= len(d["token_ids"]) <= GEN.max_new_tokens
+    assert d["stop_reason"] == ("max_new_tokens" if len(d["token_ids"]) == GEN.max_new_tokens else "eos")
     mc = pipeline_fp32.ask(short_clips["mp4-7"], Q, ["yes", "no"], gen=GEN).to_dict()
     assert "choice" in mc
 

@@ -1,4 +1,4 @@
-"""sfedge.spec: frame sampling (SPEC 2), slow-frame indices (SPEC 4), settings round trip."""
+"""sfedge.spec: frame sampling (SPEC 2), token counts (SPEC 4), settings round trip."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import pytest
 
 from sfedge.spec import (
     GenerationSpec, PipelineSpec, PreprocessSpec, SamplingSpec, SlowFastSpec, sample_frame_indices,
-    slow_frame_indices,
 )
 
 
@@ -46,21 +45,6 @@ def test_sample_frame_indices_matches_independent(total):
 def test_sample_frame_indices_rejects_empty():
     with pytest.raises(ValueError):
         sample_frame_indices(0)
-
-
-@pytest.mark.parametrize(("t", "expected"), [
-    (1, [0] * 10),
-    (7, [0, 0, 1, 2, 2, 3, 4, 4, 5, 6]),  # SPEC 4
-    (10, list(range(10))),
-    (50, list(range(0, 50, 5))),
-])
-def test_slow_frame_indices(t, expected):
-    assert slow_frame_indices(t) == expected
-
-
-def test_slow_frame_indices_float_quirk():
-    # numpy's float64 linspace, not (i * T) // S: index 15 of 20 over 164 frames is 122, not 123
-    assert slow_frame_indices(164, 20)[15] == 122
 
 
 def test_num_tokens_default_is_3680_for_50_frames():

@@ -34,12 +34,11 @@ def generation_spec(args):
     """GenerationSpec from the flags; SfedgeError on values out of range."""
     from ..spec import GenerationSpec
 
-    if args.max_new_tokens < 1:
-        raise SfedgeError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
-        raise SfedgeError("need --temperature >= 0, 0 < --top-p <= 1 and --top-k >= 0")
-    return GenerationSpec(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                          top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    try:
+        return GenerationSpec(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                              top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    except ValueError as e:
+        raise SfedgeError(f"--{str(e).replace('_', '-')}") from None
 
 
 class StreamPrinter:

@@ -2,7 +2,8 @@
 
 Exports the reference's `SlowFastPool` itself (one pooling implementation in the project), for the
 spec's slow frames, slow mode and fast grid, with T dynamic (T < S included: the slow indices are
-computed in-graph, repeating as SPEC 4 says). The graph takes and returns the features' dtype
+gathered from a constant [max_frames + 1, S] table of the reference's torch.linspace indices,
+repeating as SPEC 4 says). The graph takes and returns the features' dtype
 (float16 for an fp16 export: pooling is max / mean, it needs no wider type).
 """
 
@@ -30,4 +31,4 @@ def export_slowfast(spec: SlowFastSpec, hidden: int, max_frames: int, out_dir: P
     validation (T = 1, 7, 50) never reuses."""
     cspec = component_spec(spec, hidden, max_frames, dtype)
     dummy = torch.randn(min(max_frames, 3), TOKENS_PER_FRAME, hidden, dtype=dtype)
-    return export_onnx(SlowFastPool(spec).eval(), dummy, cspec, out_dir), cspec
+    return export_onnx(SlowFastPool(spec, max_frames).eval(), dummy, cspec, out_dir), cspec

@@ -166,11 +166,16 @@ class SlowFastLlava:
 
 def _eos_ids(model, tokenizer) -> frozenset[int]:
     """The ids that end generation: the generation config's eos_token_id (an int or a list), else
-    the tokenizer's EOS."""
+    the tokenizer's EOS; plus `<|im_end|>` where the tokenizer has it (ChatML, Yi-34B: llava-hf's
+    fast tokenizer names `<|endoftext|>` as EOS while the chat turn ends with `<|im_end|>`)."""
     eos = model.generation_config.eos_token_id
     if eos is None:
         eos = tokenizer.eos_token_id
-    return frozenset([eos] if isinstance(eos, int) else eos or [])
+    ids = set([eos] if isinstance(eos, int) else eos or [])
+    im_end = tokenizer.get_vocab().get("<|im_end|>")
+    if im_end is not None:
+        ids.add(im_end)
+    return frozenset(ids)
 
 
 def _next_token(logits: torch.Tensor, gen: GenerationSpec, generator: torch.Generator | None) -> int:

@@ -13,6 +13,7 @@ and optimisation-profile shapes from the manifest's dynamic-axis ranges.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,7 +128,12 @@ class OrtEngine(Engine):
 
     def __init__(self, path: str | Path, provider: str = "cpu", *, io: list[dict] | None = None,
                  fp16: bool = False, trt_cache_dir: str | Path | None = None,
-                 trt_opt: dict[str, int] | None = None, threads: int = 0, mem_reuse: bool = True):
+                 trt_opt: dict[str, int] | None = None, threads: int = 0, mem_reuse: bool = True,
+                 spinning: bool | None = None):
+        """`spinning`: let ORT's idle intra-op threads busy-wait between runs (None: the
+        SFEDGE_ORT_SPINNING environment variable, "1" = on; default off)."""
+        if spinning is None:
+            spinning = os.environ.get("SFEDGE_ORT_SPINNING", "0") == "1"
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         # The builder's plain-attention (concat KV) graphs annotate some tensors with symbolic
@@ -135,6 +141,12 @@ class OrtEngine(Engine):
         opts.enable_mem_reuse = mem_reuse
         if threads:
             opts.intra_op_num_threads = threads
+        if not spinning:
+            # ORT's intra-op workers busy-wait for more work after each run; on a small CPU that
+            # takes cores from whatever runs next on the host (video decode, PIL resize, the next
+            # engine's own threads). Measured in docs/BENCHMARKS.md ("thread spinning").
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         providers = session_providers(provider, io=io, fp16=fp16, trt_cache_dir=trt_cache_dir, trt_opt=trt_opt)
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)

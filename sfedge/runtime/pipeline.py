@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SfedgeError
-from ..manifest import load_manifest
+from ..manifest import RUNTIME_CACHE, load_manifest
 from ..prompts import build_prompt, parse_choice, render_options, tokenize_prompt
 from ..spec import GenerationSpec, PipelineSpec
 from .engines import OrtEngine, check_provider
 from .generate import Decoder, generate
 from .preprocess import preprocess
 from .tokenizer import TextTokenizer
+from .trt_engine import TrtEngine, native_plan
 from .video import load_video
 
 STAGES = ("decode_video", "preprocess", "vision", "slowfast", "prefill", "decode", "total")
@@ -41,6 +42,7 @@ class AskResult:
     num_visual_tokens: int
     timings_ms: dict[str, float]
     tokens_per_s: float
+    stop_reason: str = "eos"  # "eos", "max_new_tokens", or "cache_full" (the LLM's max_length reached)
     choice: str | None = None
     options: list[str] | None = field(default=None, repr=False)
     first_logits: np.ndarray | None = field(default=None, repr=False)  # with record_logits only
@@ -71,16 +73,20 @@ class Pipeline:
                  prefill_chunk: int | None = None, threads: int = 0):
         root = Path(engines_dir)
         self.manifest = load_manifest(root)  # raises ManifestError before anything is loaded
-        check_provider(provider)
+        native = self.manifest.get("tensorrt", {}).get("plans", {})
+        # native TensorRT plans for both vision stages need only the CUDA EP (for the LLM)
+        check_provider("cuda" if provider == "tensorrt" and {"vision", "slowfast"} <= set(native) else provider)
         self.root, self.provider, self.prefill_chunk = root, provider, prefill_chunk
         self.spec = PipelineSpec.from_dict(self.manifest["pipeline"])
         self.family = self.manifest.get("prompt_family", "vicuna")
         model, comps = self.manifest["model"], self.manifest["components"]
         fp16 = self.manifest.get("precision") == "fp16"
-        cache = Path(trt_cache_dir) if trt_cache_dir else root / "trt_cache"
+        cache = Path(trt_cache_dir) if trt_cache_dir else root / RUNTIME_CACHE
 
-        def engine(name: str, provider: str = provider, **kw) -> OrtEngine:
+        def engine(name: str, provider: str = provider, **kw) -> OrtEngine | TrtEngine:
             c = comps[name]
+            if provider == "tensorrt" and (plan := native_plan(root, self.manifest, name)):
+                return TrtEngine(plan, c)  # a plan from `sfedge build`; else the ORT TensorRT EP
             return OrtEngine(root / c["path"], provider, io=c.get("inputs", []), fp16=fp16,
                              trt_cache_dir=cache / name, trt_opt={"T": self.spec.sampling.num_frames},
                              threads=threads, **kw)
@@ -124,6 +130,10 @@ class Pipeline:
         pixels = preprocess(clip.frames, self.spec.preprocess)
         timings["preprocess"] = _ms(t)
         visual = self._visual(pixels, timings)
+        expected = self.spec.slowfast.num_tokens(len(clip.frames))
+        if visual.shape[0] != expected:
+            raise SfedgeError(f"the slowfast engine made {visual.shape[0]} visual tokens for {len(clip.frames)} "
+                              f"frames, its manifest's settings say {expected}: engines and manifest disagree")
         return Prepared(self.splice(ids, visual), list(clip.indices), int(clip.total), int(visual.shape[0]), timings)
 
     def splice(self, ids: Sequence[int], visual: np.ndarray) -> np.ndarray:
@@ -191,6 +201,8 @@ class Pipeline:
             num_frames_total=prep.num_frames_total, num_visual_tokens=prep.num_visual_tokens,
             timings_ms={k: round(timings.get(k, 0.0), 3) for k in STAGES},
             tokens_per_s=round(steps / (end - t_first), 3) if steps and end > t_first else 0.0,
+            stop_reason=("max_new_tokens" if len(tokens) == gen.max_new_tokens else
+                         "cache_full" if self.decoder.length >= self.decoder.max_length else "eos"),
             choice=parse_choice(answer, len(options)) if options else None,
             options=list(options) if options else None, first_logits=logits[0] if logits else None,
         )
