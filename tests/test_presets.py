@@ -20,6 +20,7 @@ CLIP_L_PARAMS = 303_507_456  # openai/clip-vit-large-patch14-336 vision tower
         ("sf-llava-7b", 6_738_939_904, 32064),    # Vicuna-7B with llava-hf's 32064 vocab
         ("sf-llava-34b", 34_389_834_752, 64064),  # Yi-34B with llava-hf's 64064 vocab
         ("sf-llava-jetson", 3_212_749_824, 128256),  # Llama-3.2-3B (tied embeddings)
+        ("sf-llava-cpu", 246_055_936, 32064),     # small GQA Llama (hidden 1024, 16 layers, 4 KV heads)
     ],
 )
 def test_real_geometries(name, llm_params, vocab):

@@ -218,7 +218,10 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     cfg_dict = _checkpoint_config(checkpoint)
     geom = roofline.Geometry.from_config(cfg_dict) if cfg_dict else None
     n_prefill = _prefill_tokens(cfg.engines, manifest, cfg.question, eng.info["visual_tokens"])
-    act = 4 if precision == "fp32" else 2
+    # Activation / KV-cache bytes per value: what the LLM graph really stores (int4 on CPU keeps
+    # fp32 activations and an fp32 KV cache; only fp16 graphs, and int4 on CUDA, use 2 bytes).
+    kv_dtype = manifest["components"]["llm"].get("kv_cache", {}).get("dtype")
+    act = {"float32": 4, "float16": 2}.get(kv_dtype, 4 if precision == "fp32" else 2)
 
     def floors(weight_bytes: float, act_bytes: int) -> dict:
         if ceilings is None:

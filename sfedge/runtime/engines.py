@@ -130,10 +130,10 @@ class OrtEngine(Engine):
                  fp16: bool = False, trt_cache_dir: str | Path | None = None,
                  trt_opt: dict[str, int] | None = None, threads: int = 0, mem_reuse: bool = True,
                  spinning: bool | None = None):
-        """`spinning`: let ORT's idle intra-op threads busy-wait between runs (None: the
-        SFEDGE_ORT_SPINNING environment variable, "1" = on; default off)."""
+        """`spinning`: let ORT's idle intra-op threads busy-wait between runs (ORT's default).
+        None: the SFEDGE_ORT_SPINNING environment variable ("0" = off; default on)."""
         if spinning is None:
-            spinning = os.environ.get("SFEDGE_ORT_SPINNING", "0") == "1"
+            spinning = os.environ.get("SFEDGE_ORT_SPINNING", "1") != "0"
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         # The builder's plain-attention (concat KV) graphs annotate some tensors with symbolic
@@ -142,9 +142,10 @@ class OrtEngine(Engine):
         if threads:
             opts.intra_op_num_threads = threads
         if not spinning:
-            # ORT's intra-op workers busy-wait for more work after each run; on a small CPU that
-            # takes cores from whatever runs next on the host (video decode, PIL resize, the next
-            # engine's own threads). Measured in docs/BENCHMARKS.md ("thread spinning").
+            # Idle intra-op workers then sleep instead of busy-waiting, which frees the cores for
+            # host work after a run but costs a wake-up per op: on the 2-core CPU, int4 decode
+            # went from 7.1 to 7.9 ms/token with spinning off, while video decode and
+            # preprocessing gained nothing measurable (docs/BENCHMARKS.md, "thread spinning").
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         providers = session_providers(provider, io=io, fp16=fp16, trt_cache_dir=trt_cache_dir, trt_opt=trt_opt)
