@@ -54,7 +54,7 @@ Extensions written by `sfedge export` (sfedge/export/), all under schema version
                     attention_mask int64 [batch_size, total_sequence_length],
                     (position_ids int64 [batch_size, sequence_length], only if "position_ids"),
                     past_key_values.{i}.key / .value [batch_size, H_kv, past_sequence_length, d]],
-        "outputs": [logits [batch_size, sequence_length, V] (kv dtype),
+        "outputs": [logits [batch_size, 1, V] (kv dtype; last position only, sliced at export),
                     present.{i}.key / .value [batch_size, H_kv, total_sequence_length, d]],
         "attention": "GroupQueryAttention" | "MultiHeadAttention",
         "quantized_matmul": bool,                # MatMulNBits (int4)

@@ -10,7 +10,8 @@ import pytest
 
 from sfedge.cli import main
 
-ASK_KEYS = {"answer", "token_ids", "frame_indices", "num_frames_total", "num_visual_tokens", "timings_ms", "tokens_per_s"}
+ASK_KEYS = {"answer", "token_ids", "frame_indices", "num_frames_total", "num_visual_tokens", "timings_ms", "tokens_per_s",
+            "stop_reason"}
 
 
 def last_json(text: str) -> dict:

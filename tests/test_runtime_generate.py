@@ -46,10 +46,14 @@ def llama(tmp_path_factory):
 
 
 def build(ckpt, out, precision: str, ep: str = "cpu"):
+    """The builder's decoder with sfedge's last-position logits slice, as `sfedge export` makes it."""
     from onnxruntime_genai.models.builder import create_model, parse_extra_options
+
+    from sfedge.export.llm import logits_for_last_position
 
     options = parse_extra_options(None, str(ckpt), str(out), precision, ep, str(out / "cache"), ["exclude_embeds=true"])
     create_model(None, str(ckpt), str(out), precision, ep, str(out / "cache"), **options)
+    logits_for_last_position(out)
     return out
 
 
@@ -95,3 +99,19 @@ def test_cache_full_stops_generation(llama, tmp_path):
                   head_dim=HEAD_DIM, max_length=16, shared=True)
     got = list(generate(dec, table[[1, 5, 6, 7, 8, 9, 10, 11, 12, 13]][None], GenerationSpec(max_new_tokens=50), ()))
     assert len(got) == 16 - 10 + 1 and dec.length == 16  # the last token is produced, never stored
+
+
+def test_a_graph_with_every_positions_logits_is_refused(llama, tmp_path):
+    from onnxruntime_genai.models.builder import create_model, parse_extra_options
+
+    from sfedge.errors import SfedgeError
+
+    model, ckpt = llama
+    out = tmp_path / "unsliced"
+    options = parse_extra_options(None, str(ckpt), str(out), "fp32", "cpu", str(out / "cache"), ["exclude_embeds=true"])
+    create_model(None, str(ckpt), str(out), "fp32", "cpu", str(out / "cache"), **options)
+    table = model.model.embed_tokens.weight.detach().numpy()
+    kv_names = [(f"past_key_values.{i}.{k}", f"present.{i}.{k}") for i in range(LAYERS) for k in ("key", "value")]
+    with pytest.raises(SfedgeError, match="last-position graph"):
+        Decoder(OrtEngine(out / "model.onnx"), table, out / "unused.onnx", kv_names=kv_names, num_kv_heads=KV_HEADS,
+                head_dim=HEAD_DIM, max_length=MAX_LEN, shared=True)

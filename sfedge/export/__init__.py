@@ -99,6 +99,7 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
         llm_mod.save_text_checkpoint(ckpt, scratch / "text", root / "embeddings.npy", emb_dtype)
         bar.step("LLM builder")
         llm_mod.run_builder(scratch / "text", root / "llm", precision, device, scratch / "builder.log")
+    llm_mod.logits_for_last_position(root / "llm")
     llm = llm_mod.describe_llm(root / "llm", "llm", precision, device)
     tokenizer_files = llm_mod.copy_tokenizer(ckpt, root / "tokenizer")
     logits_dtype = next(io["dtype"] for io in llm["outputs"] if io["name"] == "logits")

@@ -8,7 +8,10 @@ Steps (each keeps RAM near one copy of the weights at most):
 2. `run_builder`: `python -m onnxruntime_genai.models.builder` in a subprocess (offline,
    `exclude_embeds=true`, so the graph takes `inputs_embeds`); the subprocess holds the weights
    while this process holds nothing big, and returns all its memory when it ends.
-3. `describe_llm`: the decoder's I/O read back from the graph and its genai_config.json, in the
+3. `logits_for_last_position`: a Slice before `lm_head`, so the graph returns the logits of the last
+   position only ([B, 1, V]): a prefill of 3,780 tokens would otherwise spend 2% (7B) to 16% (small
+   LLMs) of its time and a [S, V] buffer (242 MB for Vicuna-7B in fp16) on logits nobody reads.
+4. `describe_llm`: the decoder's I/O read back from the graph and its genai_config.json, in the
    manifest's words (names, dtypes, KV-cache layout, shared past/present buffer).
 
 Precision mapping (what is built, recorded per component in the manifest):
@@ -158,6 +161,34 @@ def run_builder(text_dir: Path, out_dir: Path, precision: str, device: str, log_
         tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
         raise SfedgeError(f"onnxruntime-genai builder failed (exit {rc}): {' | '.join(tail)}")
     shutil.rmtree(out_dir / ".builder-cache", ignore_errors=True)
+
+
+def logits_for_last_position(llm_dir: Path) -> None:
+    """Rewrite llm_dir/model.onnx so that `lm_head` sees only the last position: insert
+    Slice(hidden, starts=-1, ends=MAX, axes=1) on its input and declare `logits` as
+    [batch_size, 1, vocab]. Only the graph proto changes: the weights' external data is untouched."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    path = llm_dir / "model.onnx"
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    heads = [n for n in graph.node if n.name.startswith("/lm_head/") and n.op_type.startswith("MatMul")]
+    if len(heads) != 1:
+        raise SfedgeError(f"{path}: expected one lm_head MatMul in the builder's graph, found {len(heads)}")
+    head = heads[0]
+    consts = {"starts": [-1], "ends": [np.iinfo(np.int64).max], "axes": [1]}
+    for name, value in consts.items():
+        graph.initializer.append(numpy_helper.from_array(np.array(value, np.int64), f"/lm_head/last_{name}"))
+    sliced = "/lm_head/last_position_output_0"
+    graph.node.insert(list(graph.node).index(head), helper.make_node(
+        "Slice", [head.input[0], *(f"/lm_head/last_{k}" for k in consts)], [sliced], name="/lm_head/last_position"))
+    head.input[0] = sliced
+    logits = next(o for o in graph.output if o.name == "logits")
+    dim = logits.type.tensor_type.shape.dim[1]
+    dim.Clear()
+    dim.dim_value = 1
+    onnx.save(model, str(path))
 
 
 def describe_llm(llm_dir: Path, rel_dir: str, precision: str, device: str) -> dict:

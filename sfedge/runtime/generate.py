@@ -2,7 +2,8 @@
 
 The LLM graph is onnxruntime-genai's decoder built with exclude_embeds: inputs `inputs_embeds`
 [1, S, D], `attention_mask` [1, past + S] (int64 ones), `position_ids` [1, S] in some builds,
-`past_key_values.{i}.key/value`; outputs `logits` [1, S, V] and `present.{i}.key/value`.
+`past_key_values.{i}.key/value`; outputs `logits` [1, 1, V] (the last position: export slices the
+graph before lm_head) and `present.{i}.key/value`.
 
 Two KV layouts, as the builder declares in genai_config.json (`past_present_share_buffer`):
 
@@ -52,6 +53,9 @@ class Decoder:
         self.kv = {n: self._alloc([1, num_kv_heads, kv_len, head_dim], self.dtype) for n in self.past_names}
         self.ones = self._upload(np.ones((1, max_length), np.int64))
         self.positions = self._upload(np.arange(max_length, dtype=np.int64)[None])
+        if engine.outputs["logits"].shape[1] != 1:
+            raise SfedgeError("the LLM graph returns logits for every position; sfedge's runtime needs the "
+                              "last-position graph that `sfedge export` writes (re-export the engines)")
         self.logits = self._alloc([1, 1, vocab], engine.outputs["logits"].dtype)
         self.embeds = self._alloc([1, 1, hidden], self.dtype)
         self.device_table = self._upload(self.table)
@@ -110,21 +114,21 @@ def _run(dec: Decoder, embeds, seq: int, logits_out: ort.OrtValue | None) -> Non
 
 
 def prefill(dec: Decoder, embeds: np.ndarray, chunk: int | None = None) -> None:
-    """Run the prompt embeddings [1, S, D] through the LLM: all but the last position in chunks of
-    `chunk` (None: one run; the concat layout always takes one run, its graph cannot extend a
-    past by several positions), then the last one as a decode step, which leaves its logits in
-    `dec.logits`. (Splitting changes nothing: each query row attends to the same keys.)"""
+    """Run the prompt embeddings [1, S, D] through the LLM in chunks of `chunk` positions (None: one
+    run; the concat layout always takes one run, its graph cannot extend a past by several
+    positions). The graph returns the last position's logits only (export inserts the slice), and
+    the last chunk writes them into `dec.logits`. (Chunking changes nothing: each query row attends
+    to the same keys.)"""
     seq = embeds.shape[1]
     if seq + 1 > dec.max_length:
         raise SfedgeError(f"prompt of {seq} tokens does not fit the engines' max_length {dec.max_length}")
     dec.reset()
     embeds = np.ascontiguousarray(embeds, dtype=dec.dtype)
     step = (chunk if dec.shared else None) or seq
-    for start in range(0, seq - 1, step):
-        part = embeds[:, start:min(start + step, seq - 1)]
-        _run(dec, dec._upload(part), part.shape[1], None)
-    dec.embeds.update_inplace(embeds[:, -1:])
-    decode_one(dec)
+    for start in range(0, seq, step):
+        part = embeds[:, start:start + step]
+        last = start + step >= seq
+        _run(dec, dec._upload(part), part.shape[1], dec.logits if last else None)
 
 
 def decode_one(dec: Decoder) -> None:
