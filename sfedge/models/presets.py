@@ -176,9 +176,7 @@ def _write_shards(model, out: Path, seed: int, log: Callable[[str], None]) -> No
 def make_preset(name: str, out_dir: str | Path, seed: int = 0, progress: bool = True) -> Path:
     """Write preset `name` as a llava-hf checkpoint (config.json, sharded fp16 safetensors + index,
     tokenizer files) into `out_dir`; return the path. Same seed -> same weights."""
-    from transformers import PreTrainedTokenizerFast
-
-    from .tiny import SPECIAL_TOKENS
+    from .tiny import SPECIAL_TOKENS, save_tokenizer
 
     if name not in PRESETS:
         raise SfedgeError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
@@ -197,11 +195,7 @@ def make_preset(name: str, out_dir: str | Path, seed: int = 0, progress: bool = 
     config.save_pretrained(out)
     model.generation_config.save_pretrained(out)
 
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-        extra_special_tokens={"image_token": IMAGE_TOKEN}, model_max_length=4096,
-    )
-    fast.save_pretrained(out)
+    save_tokenizer(tok, out)
     (out / "sfedge_preset.json").write_text(json.dumps({"preset": name, "seed": seed}, indent=2) + "\n")
     return out
 

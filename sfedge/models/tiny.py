@@ -163,7 +163,7 @@ def make_tiny(out_dir: str | Path, seed: int = 0, llm: str = "llama") -> Path:
     """Write a tiny random LLaVA-NeXT checkpoint (config.json, model.safetensors, tokenizer files)
     to `out_dir` and return its path. Same seed -> same bytes."""
     import torch
-    from transformers import LlavaNextForConditionalGeneration, PreTrainedTokenizerFast
+    from transformers import LlavaNextForConditionalGeneration
 
     if llm not in LLMS:
         raise SfedgeError(f"--llm must be one of {', '.join(LLMS)}, got {llm!r}")
@@ -179,14 +179,20 @@ def make_tiny(out_dir: str | Path, seed: int = 0, llm: str = "llama") -> Path:
     model.generation_config.eos_token_id = special_ids["</s>"]
     model.generation_config.pad_token_id = special_ids["<pad>"]
     model.save_pretrained(out)
-
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-        extra_special_tokens={"image_token": IMAGE_TOKEN}, model_max_length=4096,
-    )
-    fast.save_pretrained(out)
+    save_tokenizer(tok, out)
     (out / "sfedge_tiny.json").write_text(json.dumps({"seed": seed, "llm": llm}, indent=2) + "\n")
     return out
+
+
+def save_tokenizer(tok, out: Path) -> None:
+    """Save a trained `tokenizers` BPE as a transformers fast tokenizer (tokenizer.json + config)
+    with the special tokens the reference and the runtime expect."""
+    from transformers import PreTrainedTokenizerFast
+
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        extra_special_tokens={"image_token": IMAGE_TOKEN}, model_max_length=4096,
+    ).save_pretrained(out)
 
 
 def resolve_model(name_or_path: str | Path) -> Path:
