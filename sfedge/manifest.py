@@ -85,6 +85,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat as stat_module
+import tempfile
+import time
 from pathlib import Path, PurePosixPath
 
 from .errors import ManifestError
@@ -128,17 +132,25 @@ def write_manifest(root: Path, manifest: dict) -> Path:
     return path
 
 
-def load_manifest(root: Path, verify_files: bool = True) -> dict:
+def load_manifest(root: Path, verify_files: bool = True, *, trust_stamps: bool = True) -> dict:
     """Read and check root/manifest.json: schema version, components present, and (by default)
-    every listed file present with the recorded sha256. Raises ManifestError naming the problem."""
+    every listed file present with the recorded sha256. Raises ManifestError naming the problem.
+
+    Hashing every file is slow for big engines (sha256: ~1 GB/s here), so, as git's index does, each
+    successful verification is remembered in a stamp (see `stamp_path`): a file whose
+    (size, mtime_ns, ctime_ns, inode, device) is unchanged since its sha256 last matched this very
+    manifest (same manifest sha256) is not hashed again. Any stat change -> hashed. With
+    `trust_stamps=False` every file is hashed (the stamp is refreshed). A missing, corrupt or
+    unwritable stamp only means hashing."""
     root = Path(root)
     path = root / MANIFEST_NAME
     if not root.is_dir():
         raise ManifestError(f"engines directory not found: {root}")
     if not path.is_file():
         raise ManifestError(f"no {MANIFEST_NAME} in {root} (not an sfedge engines directory?)")
+    raw = path.read_bytes()
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ManifestError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(manifest, dict):
@@ -165,13 +177,112 @@ def load_manifest(root: Path, verify_files: bool = True) -> dict:
         if (root / data).exists() and data not in files:
             raise ManifestError(f"{path}: {data} has no recorded sha256")
     if verify_files:
-        for rel, digest in files.items():
-            f = root / rel
-            if not f.is_file():
-                raise ManifestError(f"{root}: file listed in the manifest is missing: {rel}")
-            if sha256_file(f) != digest:
-                raise ManifestError(f"{root}: {rel} does not match its sha256 in the manifest (corrupted or edited)")
+        _verify_files(root, files, hashlib.sha256(raw).hexdigest(), trust_stamps)
     return manifest
+
+
+# --- verification stamps ------------------------------------------------------------------------
+#
+# Stamp file (JSON), one per engines directory, in the user's cache (the engines directory may be
+# read-only):
+#     {"stamp_version": 1, "root": "/resolved/engines", "manifest_sha256": "...",
+#      "files": {"rel/path": {"sha256": ..., "size": ..., "mtime_ns": ..., "ctime_ns": ...,
+#                             "ino": ..., "dev": ...}}}
+# Racy entries (git's "racy clean" problem): file timestamps are coarse, so a file changed again
+# within the same timestamp tick as its hashing could keep its whole stat tuple. An entry is only
+# recorded when the file's mtime and ctime are at least RACY_MARGIN_NS older than the moment its
+# hashing began; then any later change gets a newer ctime. Fresher files are simply hashed again
+# next time (and recorded once they are old enough).
+
+STAMP_VERSION = 1
+RACY_MARGIN_NS = 2_000_000_000
+_STAT_FIELDS = ("size", "mtime_ns", "ctime_ns", "ino", "dev")
+
+
+def stamp_path(root: Path) -> Path:
+    """Where the verification stamp of the engines directory `root` lives:
+    cache_dir()/verified/<sha256 of the resolved path>.json."""
+    from .cache import cache_dir
+
+    key = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()
+    return cache_dir() / "verified" / f"{key}.json"
+
+
+def _now_ns() -> int:
+    return time.time_ns()
+
+
+def _stat_key(st: os.stat_result) -> dict[str, int]:
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+            "ino": st.st_ino, "dev": st.st_dev}
+
+
+def _read_stamp(root: Path, manifest_sha: str) -> dict[str, dict]:
+    """The stamp's entries if it belongs to this directory and this exact manifest, else {}."""
+    try:
+        stamp = json.loads(stamp_path(root).read_text())
+        if (stamp.get("stamp_version") != STAMP_VERSION or stamp.get("manifest_sha256") != manifest_sha
+                or stamp.get("root") != str(Path(root).resolve())):
+            return {}
+        return {rel: e for rel, e in stamp["files"].items()
+                if isinstance(e, dict) and isinstance(e.get("sha256"), str)
+                and all(type(e.get(k)) is int for k in _STAT_FIELDS)}
+    except Exception:  # missing, unreadable, corrupt: hash instead
+        return {}
+
+
+def _write_stamp(root: Path, manifest_sha: str, entries: dict[str, dict]) -> None:
+    """Atomically (temporary file + os.replace) replace the stamp; any failure is ignored."""
+    tmp = None
+    try:
+        target = stamp_path(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"stamp_version": STAMP_VERSION, "root": str(Path(root).resolve()),
+                       "manifest_sha256": manifest_sha, "files": entries}, f)
+        os.replace(tmp, target)
+        tmp = None
+    except Exception:  # read-only or full cache: verification still happened, next time hashes again
+        pass
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def _verify_files(root: Path, files: dict[str, str], manifest_sha: str, trust_stamps: bool) -> None:
+    """Every listed file present with the manifest's sha256 (hashed unless a stamp vouches for it
+    unchanged); the stamp then records what is known good."""
+    known = _read_stamp(root, manifest_sha)
+    fresh: dict[str, dict] = {}
+    for rel, digest in files.items():
+        f = root / rel
+        try:
+            before = os.stat(f)
+        except OSError:
+            before = None
+        if before is None or not stat_module.S_ISREG(before.st_mode):
+            raise ManifestError(f"{root}: file listed in the manifest is missing: {rel}")
+        stat = _stat_key(before)
+        entry = known.get(rel)
+        if trust_stamps and entry is not None and entry["sha256"] == digest and \
+                all(entry[k] == stat[k] for k in _STAT_FIELDS):
+            fresh[rel] = entry
+            continue
+        started = _now_ns()
+        if sha256_file(f) != digest:
+            raise ManifestError(f"{root}: {rel} does not match its sha256 in the manifest (corrupted or edited)")
+        try:
+            after = _stat_key(os.stat(f))
+        except OSError:
+            continue
+        if after == stat and max(stat["mtime_ns"], stat["ctime_ns"]) < started - RACY_MARGIN_NS:
+            fresh[rel] = dict(stat, sha256=digest)
+    if fresh != known:
+        _write_stamp(root, manifest_sha, fresh)
 
 
 def _safe_relative(rel: str) -> bool:

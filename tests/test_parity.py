@@ -6,8 +6,9 @@ run on the prompt plus its own earlier tokens) is below 1e-3. Such cases are rep
 and the printed summary), never hidden. First-step logits: relative error
 max|engine - reference| / max|reference| < 1e-4 (the engines run the whole chain from the video;
 the reference too). Cases cover open questions, multiple choice, clips shorter than 10 frames,
-another codec and image directories. A few cases repeat this for a `--llm mistral` checkpoint;
-fp16 and int4 engines run end to end with their logit error printed.
+another codec and image directories. The same case set runs for a `--llm mistral` checkpoint
+(its own tiny weights and engines); fp16 and int4 engines run end to end with their logit error
+printed (test_runtime_precisions.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ CASES = [
     ("webm-9", OPEN[0], None), ("webm-9", "How many shapes are there?", COUNTS),
     ("mp4-60", OPEN[2], None), ("mp4-12", OPEN[3], None),
 ]
+MODELS = ("llama", "mistral")
 MAX_NEW_TOKENS = 12
 RESULTS: list[dict] = []
 
@@ -44,14 +46,36 @@ def clips(short_clips, clip_path):
 
 
 @pytest.fixture(scope="session")
-def reference_visual(clips, reference_llama, pipeline_fp32):
-    """clip name -> (pixels, reference features, reference visual tokens), computed once per clip."""
+def pipeline_mistral(engines_mistral):
+    from sfedge.runtime.pipeline import Pipeline
+
+    return Pipeline(engines_mistral)
+
+
+@pytest.fixture(scope="session")
+def reference_mistral(tiny_mistral_dir, pipeline_mistral):
+    from sfedge.reference.model import SlowFastLlava
+
+    return SlowFastLlava.from_pretrained(tiny_mistral_dir, spec=pipeline_mistral.spec)
+
+
+@pytest.fixture(scope="session")
+def models(request):
+    """model name -> (pipeline, reference), each made on first use (session fixtures)."""
+    names = {"llama": ("pipeline_fp32", "reference_llama"), "mistral": ("pipeline_mistral", "reference_mistral")}
+    return lambda model: tuple(request.getfixturevalue(f) for f in names[model])
+
+
+@pytest.fixture(scope="session")
+def reference_visual(clips, models):
+    """(model, clip name) -> (pixels, reference features, reference visual tokens), computed once each."""
     cache = {}
 
-    def get(name):
-        if name not in cache:
-            cache[name] = reference_visual_tokens(reference_llama, pipeline_fp32, clips[name])
-        return cache[name]
+    def get(name, model="llama"):
+        if (model, name) not in cache:
+            pipeline, reference = models(model)
+            cache[model, name] = reference_visual_tokens(reference, pipeline, clips[name])
+        return cache[model, name]
     return get
 
 
@@ -68,16 +92,17 @@ def check(report: dict, label: str) -> None:
         assert report["engine_answer"] == report["ref_answer"], label
 
 
+@pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("clip,question,options", CASES, ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(CASES)])
-def test_greedy_tokens_match_the_reference(clip, question, options, clips, reference_visual, pipeline_fp32,
-                                           reference_llama):
+def test_greedy_tokens_match_the_reference(model, clip, question, options, clips, reference_visual, models):
     if clip not in clips:
         pytest.skip(f"no encoder for {clip}")
-    _, _, ref_visual = reference_visual(clip)
-    report = token_parity(pipeline_fp32, reference_llama, clips[clip], question, options, ref_visual, MAX_NEW_TOKENS)
-    check(report, f"llama {clip} {question!r} {'mc' if options else 'open'}")
+    pipeline, reference = models(model)
+    _, _, ref_visual = reference_visual(clip, model)
+    report = token_parity(pipeline, reference, clips[clip], question, options, ref_visual, MAX_NEW_TOKENS)
+    check(report, f"{model} {clip} {question!r} {'mc' if options else 'open'}")
     if options:
-        assert pipeline_fp32.last_result.choice in (None, *"ABCDE"[:len(options)])
+        assert pipeline.last_result.choice in (None, *"ABCDE"[:len(options)])
 
 
 @pytest.mark.parametrize("clip", ["mp4-60", "mp4-3", "dir-5"])
@@ -98,9 +123,10 @@ def test_ask_fields_match_the_reference_answer(clips, pipeline_fp32, reference_l
 
 
 def test_zz_parity_summary():
-    """Runs last in this module: the case count, and every near-tie listed."""
-    llama = [r for r in RESULTS if r["label"].startswith("llama")]
+    """Runs last in this module: the case count per model, and every near-tie listed."""
+    counts = {m: sum(r["label"].startswith(m + " ") for r in RESULTS) for m in MODELS}
     lines = [f"{r['verdict']:9s} logits rel err {r['first_logits_rel_err']:.2e}  {r['label']}" for r in RESULTS]
     near = [r for r in RESULTS if r["verdict"] == "near-tie"]
-    print(f"\nparity: {len(llama)} llama cases, {len(near)} near-tie exception(s)\n" + "\n".join(lines))
-    assert len(llama) >= 20
+    print(f"\nparity: {', '.join(f'{n} {m} cases' for m, n in counts.items())}, "
+          f"{len(near)} near-tie exception(s)\n" + "\n".join(lines))
+    assert all(n >= 20 for n in counts.values()), counts

@@ -124,4 +124,5 @@ def test_exports_to_onnx_with_dynamic_frame_count(tmp_path):
             frame_ids = np.arange(t, dtype=np.float32)[:, None, None]  # shows which frames were picked
             x = frame_ids + np.random.default_rng(t).random((t, 576, D), dtype=np.float32)
             got = session.run(None, {"features": x})[0]
-        np.testing.assert_allclose(got, _pool(spec, x), rtol=1e-6, atol=1e-6)
+            # values reach ~T + 1: the fp32 sums of the average pool round at ~1e-7 relative
+            np.testing.assert_allclose(got, _pool(spec, x), rtol=1e-6, atol=1e-6 * (t + 1), err_msg=f"T={t}")

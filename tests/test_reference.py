@@ -150,14 +150,15 @@ def test_sampling(ref, short_embeds):
     assert ref.generate(e, GenerationSpec(max_new_tokens=12, temperature=0.8, top_p=1e-6, seed=0)) == greedy
 
 
-def test_pixels_to_text_is_fast(ref):
+def test_pixels_to_text_at_real_token_counts(ref):
+    """50 frames -> 3,680 visual tokens -> text. The time is printed, not asserted (timings belong
+    in docs/BENCHMARKS.md: `scripts/tiny_timing.py` measures make-tiny + load + answer)."""
     start = time.perf_counter()
     visual = ref.pool(ref.vision_features(_pixels(3)))
     ids = ref.generate(ref.inputs_embeds(ref.prompt_ids("What happens?"), visual), GenerationSpec(max_new_tokens=32))
     seconds = time.perf_counter() - start
     print(f"tiny reference: 50 frames, {visual.shape[0]} visual tokens, {len(ids)} new tokens in {seconds:.2f} s")
     assert visual.shape[0] == 3680 and ref.decode(ids)
-    assert seconds < 30
 
 
 def test_mistral_variant(tiny_mistral_dir):

@@ -4,6 +4,7 @@ sampling, stopping, the IOBinding paths (shared KV buffer, chunked prefill, devi
 from __future__ import annotations
 
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -74,6 +75,49 @@ def test_stream_yields_the_answer_as_it_is_made(pipeline_fp32, short_clips):
     seen = []
     assert pipeline_fp32.ask(short_clips["dir-5"], Q, gen=GEN, on_token=seen.append).answer == result.answer
     assert seen == pieces
+
+
+def test_stream_yields_before_generation_has_finished(pipeline_fp32, short_clips):
+    """The first piece arrives while the LLM is still mid-answer: at that moment the decoder has made
+    fewer tokens than the answer ends with, and it makes no more until the consumer asks (a lazy
+    generator, no background thread finishing the answer). Observable: `decoder.length`, the tokens
+    in the KV cache; it grows by one per decode step, and the last token needs no decode step."""
+    n = 16
+    gen = GenerationSpec(max_new_tokens=n, ignore_eos=True)  # cannot stop early
+    dec = pipeline_fp32.decoder
+    before = getattr(pipeline_fp32, "last_result", None)
+    it = pipeline_fp32.stream(short_clips["dir-5"], Q, gen=gen)
+    first = next(it)
+    length_at_first = dec.length
+    assert first and getattr(pipeline_fp32, "last_result", None) is before  # no result yet
+    time.sleep(0.2)
+    assert dec.length == length_at_first  # nothing is generated behind the consumer's back
+    rest = list(it)
+    result = pipeline_fp32.last_result
+    assert result is not before and len(result.token_ids) == n and result.stop_reason == "max_new_tokens"
+    assert "".join([first, *rest]).strip() == result.answer
+    prompt = len(pipeline_fp32.prompt_ids(Q)) - 1 + result.num_visual_tokens  # image token -> visual tokens
+    assert dec.length == prompt + n - 1  # prefill, then one decode step per token but the last
+    made_at_first = length_at_first - prompt + 1  # tokens made when the first piece arrived
+    assert 1 <= made_at_first < n, (made_at_first, n)
+    # the first piece is text of the tokens made by then
+    assert pipeline_fp32.tokenizer.decode(result.token_ids[:made_at_first]).startswith(first.strip())
+
+
+def test_reopening_verified_engines_does_not_rehash(engines_fp32, monkeypatch):
+    """Pipeline() verifies every file's sha256 once; a later open trusts the stamp for files whose
+    stat is unchanged (see test_manifest.py), so `sfedge ask` does not re-read gigabytes each time."""
+    import sfedge.manifest as manifest_module
+
+    monkeypatch.setattr(manifest_module, "_now_ns", lambda: time.time_ns() + 60 * 10**9)  # files settled
+    hashed = []
+    real = manifest_module.sha256_file
+    monkeypatch.setattr(manifest_module, "sha256_file", lambda path, *a, **k: hashed.append(path) or real(path, *a, **k))
+    manifest_module.load_manifest(engines_fp32, trust_stamps=False)  # full verification, stamp written
+    assert len(hashed) == len(manifest_module.load_manifest(engines_fp32, verify_files=False)["files"])
+    hashed.clear()
+    Pipeline(engines_fp32)
+    assert hashed == []
 
 
 def test_sampling_is_seeded(pipeline_fp32, short_clips):

@@ -150,9 +150,12 @@ def run(args) -> int:
     from ..runtime.pipeline import Pipeline, parse_options
     from ..synthetic import make_clip
 
+    from ..manifest import load_manifest
+
     existing_path(args.engines, "engines directory")
+    load_manifest(args.engines, trust_stamps=False)  # an integrity check re-hashes every file
     pipe = Pipeline(args.engines, provider=args.provider)
-    reference = SlowFastLlava.from_pretrained(args.model, spec=pipe.spec)
+    reference = SlowFastLlava.from_pretrained(args.model, spec=pipe.spec, lazy_upcast=True)
     options = parse_options(args.options) if args.options is not None else None
     with tempfile.TemporaryDirectory() as tmp:
         video = existing_path(args.video, "video") if args.video else make_clip(Path(tmp) / "clip.mp4", 60, seed=0)

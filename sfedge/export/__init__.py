@@ -14,7 +14,9 @@ OUT holds:
 Order keeps peak RAM near one model: the text checkpoint is streamed shard by shard, the builder
 runs in a subprocess while this process holds no weights, and only then is the PyTorch reference
 loaded (vision / slowfast export, then every expected output for validation); it is freed before
-the ONNX sessions that validation runs are made. Everything is built in `OUT.partial-*` beside
+the ONNX sessions that validation runs are made. The reference computes in fp32 but keeps the
+LLM's weights in the checkpoint's dtype (`lazy_upcast`, bit-identical results), so it holds about
+the checkpoint's size, not twice it. Everything is built in `OUT.partial-*` beside
 OUT and renamed to OUT only after validation passed; on any failure the partial directory is
 removed, and with --force an existing OUT is replaced only then.
 """
@@ -108,12 +110,16 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
     bar.step("reference")
     ref_device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
     pipeline = PipelineSpec(sampling=SamplingSpec(min(SamplingSpec().num_frames, max_frames)), slowfast=slowfast)
-    ref = SlowFastLlava.from_pretrained(ckpt, torch.float32, ref_device, pipeline)
+    ref = SlowFastLlava.from_pretrained(ckpt, torch.float32, ref_device, pipeline, lazy_upcast=True)
     vprec = vision_precision(precision, device)
     vdtype = torch.float16 if vprec == "fp16" else torch.float32
     bar.step("vision")
-    _, vspec = export_vision(ref.model.cpu(), max_frames, root, vdtype)
-    ref.model.to(ref_device)
+    vision_parts = (ref.model.model.vision_tower, ref.model.model.multi_modal_projector)
+    for part in vision_parts:  # torch.onnx traces on the CPU; the LLM stays where it is
+        part.cpu()
+    _, vspec = export_vision(ref.model, max_frames, root, vdtype)
+    for part in vision_parts:
+        part.to(ref_device)
     bar.step("slowfast")
     hidden = ref.model.config.text_config.hidden_size
     _, sspec = export_slowfast(slowfast, hidden, max_frames, root, vdtype)
@@ -146,13 +152,27 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
         bar.step("reference outputs")
         cases = reference_cases(ref, max_frames)
     del ref  # the PyTorch model is gone before any ONNX session is made: peak RAM is one model
-    gc.collect()
+    _release_memory()
     if validate:
         manifest["validation"] = compare(root, manifest, cases, device, on_step=lambda n: bar.step(f"validate {n}"))
     manifest["export_seconds"] = round(time.perf_counter() - started, 2)
     write_manifest(root, manifest)
     bar.close()
     return read_manifest(root)
+
+
+def _release_memory() -> None:
+    """Collect, then hand freed heap pages back to the OS: glibc keeps freed blocks below its
+    (grown) mmap threshold in the heap, so without malloc_trim the reference's freed gigabytes still
+    count against the ONNX sessions that follow (measured: docs/BENCHMARKS.md, export RAM)."""
+    import ctypes
+    import ctypes.util
+
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def _default_permissions(root: Path) -> None:

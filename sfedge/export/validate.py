@@ -30,6 +30,9 @@ from .registry import MIN_COSINE, REL_TOL
 
 FRAME_COUNTS = (1, 7, 50)
 LLM_SEQ_LENS = (1, 7, 50)
+# Frames per reference vision call: the tower's hidden states for 50 CLIP-L frames are 5.9 GB in
+# float64 and 3 GB in fp32; 8 frames keep them under 1 GB (frames are independent).
+VISION_CHUNK = 8
 _NP = {"float32": np.float32, "float16": np.float16}
 
 
@@ -46,14 +49,33 @@ def session(path: Path, device: str = "cpu"):
 
 
 def errors(out: np.ndarray, ref: np.ndarray) -> dict:
-    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
-    if out.shape != ref.shape:
+    if np.shape(out) != np.shape(ref):
         return {"max_abs": float("inf"), "rel": float("inf"), "cosine": 0.0,
-                "shape": list(out.shape), "expected_shape": list(ref.shape)}
+                "shape": list(np.shape(out)), "expected_shape": list(np.shape(ref))}
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
     max_abs = float(np.max(np.abs(out - ref)))
     a, b = out.ravel() - out.mean(), ref.ravel() - ref.mean()
     cosine = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-300))
     return {"max_abs": max_abs, "rel": max_abs / max(float(np.max(np.abs(ref))), 1e-30), "cosine": cosine}
+
+
+def table_errors(out: np.ndarray, ref: np.ndarray, rows: int = 4096) -> dict:
+    """`errors` over row blocks of two [V, D] tables: a float64 copy of a whole 128k x 3072 table
+    is 3 GB, and `errors` makes several."""
+    if out.shape != ref.shape:
+        return errors(out, ref)  # the misshapen-output report; nothing is converted
+    n = out.size
+    mean_out = sum(float(np.sum(out[i:i + rows], dtype=np.float64)) for i in range(0, len(ref), rows)) / n
+    mean_ref = sum(float(np.sum(ref[i:i + rows], dtype=np.float64)) for i in range(0, len(ref), rows)) / n
+    max_abs = max_ref = dot = norm_out = norm_ref = 0.0
+    for i in range(0, len(ref), rows):
+        a, b = np.array(out[i:i + rows], np.float64), np.array(ref[i:i + rows], np.float64)  # copies
+        max_abs, max_ref = max(max_abs, float(np.max(np.abs(a - b)))), max(max_ref, float(np.max(np.abs(b))))
+        a -= mean_out
+        b -= mean_ref
+        dot, norm_out, norm_ref = dot + float(np.vdot(a, b)), norm_out + float(np.vdot(a, a)), norm_ref + float(np.vdot(b, b))
+    cosine = dot / max(np.sqrt(norm_out * norm_ref), 1e-300)
+    return {"max_abs": max_abs, "rel": max_abs / max(max_ref, 1e-30), "cosine": cosine}
 
 
 def _summary(name: str, cases: dict, precision: str) -> dict:
@@ -89,9 +111,13 @@ def fp64_vision_reference(ref):
 
     @torch.inference_mode()
     def features(pixels: torch.Tensor) -> np.ndarray:
-        x = pixels.to(device=ref.device, dtype=torch.float64)
-        hidden = tower(x, output_hidden_states=True).hidden_states[layer][:, 1:]
-        return projector(hidden).cpu().numpy()
+        out = []
+        for start in range(0, len(pixels), VISION_CHUNK):
+            x = pixels[start:start + VISION_CHUNK].to(device=ref.device, dtype=torch.float64)
+            hidden = tower(x, output_hidden_states=True).hidden_states[layer][:, 1:]
+            out.append(projector(hidden).cpu().numpy())
+            del hidden
+        return np.concatenate(out)
 
     return features
 
@@ -118,7 +144,7 @@ def reference_cases(ref, max_frames: int, question: str = "What is happening in 
     for t in frame_counts(max_frames):
         x = torch.randn(t, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen)
         vision.append({"name": str(t), "input": x.numpy(), "expected": exact(x),
-                       "torch_fp32": ref.vision_features(x).float().cpu().numpy()})
+                       "torch_fp32": ref.vision_features(x, VISION_CHUNK).float().cpu().numpy()})
         f = torch.randn(t, TOKENS_PER_FRAME, hidden, generator=gen)
         slowfast.append({"name": str(t), "input": f.numpy(), "expected": ref.pool(f.to(ref.dtype)).float().cpu().numpy()})
     del exact
@@ -128,7 +154,7 @@ def reference_cases(ref, max_frames: int, question: str = "What is happening in 
         clip = load_video(make_clip(Path(tmp) / "clip.mp4", num_frames=60, seed=seed), num_frames)
     pixels = preprocess(clip.frames, ref.spec.preprocess)
     ids = ref.prompt_ids(question)
-    visual = ref.pool(ref.vision_features(torch.from_numpy(pixels)))
+    visual = ref.pool(ref.vision_features(torch.from_numpy(pixels), VISION_CHUNK))
     chain = {"pixels": pixels, "ids": ids, "image_pos": ids.index(ref.image_token_id),
              "expected": ref.first_step_logits(ref.inputs_embeds(ids, visual)).cpu().numpy()}
     return {"vision": vision, "slowfast": slowfast, "llm": llm_case(ref, seed), "chain": chain}
@@ -138,9 +164,10 @@ def llm_case(ref, seed: int = 0) -> dict:
     """The decoder check's inputs and expected logits: the checkpoint's embedding table, prefills of
     LLM_SEQ_LENS random tokens (as embeddings), and one decode step after the longest."""
     rng = np.random.default_rng(seed)
-    table = ref.model.model.language_model.get_input_embeddings().weight.detach().float().cpu().numpy()
-    prefill = [table[rng.integers(0, len(table), s)][None] for s in LLM_SEQ_LENS]
-    step = table[rng.integers(0, len(table), 1)][None]
+    # as stored (the checkpoint's dtype under lazy_upcast): no fp32 copy of a [V, D] table
+    table = ref.model.model.language_model.get_input_embeddings().weight.detach().cpu().numpy()
+    prefill = [table[rng.integers(0, len(table), s)][None].astype(np.float32) for s in LLM_SEQ_LENS]
+    step = table[rng.integers(0, len(table), 1)][None].astype(np.float32)
     return {"table": table, "prefill": [(e, _reference_logits(ref, e)) for e in prefill], "step": step,
             "step_expected": _reference_logits(ref, np.concatenate([prefill[-1], step], 1))[:, -1]}
 
@@ -187,8 +214,8 @@ def check_llm(sess, root: Path, llm: dict, case: dict, precision: str) -> dict:
     """The decoder (session `sess`) prefilled at several lengths, then one decode step through the
     KV cache, vs the HF language model + lm_head on the same embeddings; embeddings.npy vs the
     checkpoint's table."""
-    table = np.load(root / "embeddings.npy")
-    report = {"embeddings": errors(table, case["table"].astype(table.dtype))}
+    table = np.load(root / "embeddings.npy", mmap_mode="r")
+    report = {"embeddings": table_errors(table, case["table"])}
     for embeds, expected in case["prefill"]:
         logits, past = llm_step(sess, llm, embeds)
         report[f"prefill_{embeds.shape[1]}"] = errors(logits, expected[:, -logits.shape[1]:])

@@ -122,25 +122,27 @@ def _tensors(model):
 
 
 def _init_tensor(name: str, shape: tuple, gen):
-    """fp16 random tensor: norms 1, biases 0, embeddings N(0, 1), matrices N(0, 1/fan_in)."""
+    """fp16 random tensor on gen's device: norms 1, biases 0, embeddings N(0, 1), matrices
+    N(0, 1/fan_in)."""
     import torch
 
     if "norm" in name:
-        return torch.ones(shape, dtype=torch.float16)
+        return torch.ones(shape, dtype=torch.float16, device=gen.device)
     if name.endswith(".bias"):
-        return torch.zeros(shape, dtype=torch.float16)
-    t = torch.randn(shape, generator=gen, dtype=torch.float16)
+        return torch.zeros(shape, dtype=torch.float16, device=gen.device)
+    t = torch.randn(shape, generator=gen, dtype=torch.float16, device=gen.device)
     if len(shape) >= 2 and "embed" not in name:
         t.mul_(1.0 / math.sqrt(math.prod(shape[1:])))
     return t
 
 
-def _write_shards(model, out: Path, seed: int, log: Callable[[str], None]) -> None:
-    """Create tensors one at a time and flush ~SHARD_BYTES safetensors shards + the index."""
+def _write_shards(model, out: Path, seed: int, log: Callable[[str], None], device: str = "cpu") -> None:
+    """Create tensors one at a time (drawn on `device`) and flush ~SHARD_BYTES safetensors shards +
+    the index."""
     import torch
     from safetensors.torch import save_file
 
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
     shards: list[list[str]] = []
     pending: dict = {}
     size = total = 0
@@ -156,7 +158,7 @@ def _write_shards(model, out: Path, seed: int, log: Callable[[str], None]) -> No
             pending, size = {}, 0
 
     for name, shape in _tensors(model):
-        t = _init_tensor(name, shape, gen)
+        t = _init_tensor(name, shape, gen).cpu()
         pending[name] = t
         size += t.numel() * t.element_size()
         total += t.numel() * t.element_size()
@@ -173,9 +175,11 @@ def _write_shards(model, out: Path, seed: int, log: Callable[[str], None]) -> No
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
-def make_preset(name: str, out_dir: str | Path, seed: int = 0, progress: bool = True) -> Path:
+def make_preset(name: str, out_dir: str | Path, seed: int = 0, progress: bool = True, device: str = "cpu") -> Path:
     """Write preset `name` as a llava-hf checkpoint (config.json, sharded fp16 safetensors + index,
-    tokenizer files) into `out_dir`; return the path. Same seed -> same weights."""
+    tokenizer files) into `out_dir`; return the path. Same seed and device -> same weights.
+    `device="cuda"` draws the weights with the GPU's generator (other values than the CPU's; the
+    CPU takes about a minute per 7B on one core, latency does not depend on the values)."""
     from .tiny import SPECIAL_TOKENS, save_tokenizer
 
     if name not in PRESETS:
@@ -191,12 +195,12 @@ def make_preset(name: str, out_dir: str | Path, seed: int = 0, progress: bool = 
     counts = param_counts(config)
     log(f"preset {name}: vision {counts['vision'] / 1e9:.3f}B, projector {counts['projector'] / 1e9:.3f}B, "
         f"LLM {counts['llm'] / 1e9:.2f}B params (fp16) -> {out}")
-    _write_shards(model, out, seed, log)
+    _write_shards(model, out, seed, log, device)
     config.save_pretrained(out)
     model.generation_config.save_pretrained(out)
 
     save_tokenizer(tok, out)
-    (out / "sfedge_preset.json").write_text(json.dumps({"preset": name, "seed": seed}, indent=2) + "\n")
+    (out / "sfedge_preset.json").write_text(json.dumps({"preset": name, "seed": seed, "device": device}, indent=2) + "\n")
     return out
 
 

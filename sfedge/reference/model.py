@@ -52,16 +52,28 @@ class SlowFastLlava:
 
     @classmethod
     def from_pretrained(cls, path_or_name: str | Path, dtype: torch.dtype = torch.float32,
-                        device: str | torch.device = "cpu", spec: PipelineSpec = PipelineSpec()) -> "SlowFastLlava":
+                        device: str | torch.device = "cpu", spec: PipelineSpec = PipelineSpec(),
+                        lazy_upcast: bool = False) -> "SlowFastLlava":
         """Load a llava-hf checkpoint directory (or "tiny") with SDPA attention. The weights load in
         the checkpoint's own dtype (memory-mapped) and are then converted tensor by tensor: asking
         transformers for fp32 straight from an fp16 checkpoint peaks near 3x the checkpoint's size
-        (measured on the 7 GB sf-llava-jetson preset: 21.0 GB, vs 17.3 GB this way)."""
+        (measured on the 7 GB sf-llava-jetson preset: 21.0 GB, vs 17.3 GB this way).
+
+        `lazy_upcast`: keep the language model's weights in the checkpoint's dtype and convert each
+        one to `dtype` only while it is used (`upcast_lazily`). The results are bit-identical to a
+        model converted up front (widening fp16 / bf16 to fp32 is exact, and every op sees the same
+        fp32 values), at half the memory of an fp32 7B model; each forward pays the conversions.
+        Export validation and `sfedge verify` use it; the bench does not (it times the reference)."""
         from transformers import AutoTokenizer, LlavaNextForConditionalGeneration
 
         path = resolve_model(path_or_name)
         model = LlavaNextForConditionalGeneration.from_pretrained(path, dtype="auto", attn_implementation="sdpa")
-        return cls(model.to(device=device, dtype=dtype), AutoTokenizer.from_pretrained(path), spec)
+        if lazy_upcast:
+            upcast_lazily(model, dtype)
+            model.to(device=device)
+        else:
+            model.to(device=device, dtype=dtype)
+        return cls(model, AutoTokenizer.from_pretrained(path), spec)
 
     @property
     def device(self) -> torch.device:
@@ -74,12 +86,18 @@ class SlowFastLlava:
     # --- vision -------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[T,3,336,336] -> [T,576,D]: projector(CLIP hidden_states[-2] without CLS), full tower."""
+    def vision_features(self, pixel_values: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """[T,3,336,336] -> [T,576,D]: projector(CLIP hidden_states[-2] without CLS), full tower.
+        `chunk`: run that many frames at a time (frames are independent; the tower's 25 hidden
+        states for 50 CLIP-L frames are 3 GB in fp32), None: all at once, as the reference does."""
         tower = self.model.model.vision_tower
         pixels = pixel_values.to(device=self.device, dtype=self.dtype)
-        hidden = tower(pixels, output_hidden_states=True).hidden_states[VISION_FEATURE_LAYER][:, 1:]
-        return self.model.model.multi_modal_projector(hidden)
+        parts = []
+        for start in range(0, len(pixels), chunk or max(len(pixels), 1)):
+            hidden = tower(pixels[start:start + (chunk or len(pixels))], output_hidden_states=True)
+            parts.append(self.model.model.multi_modal_projector(hidden.hidden_states[VISION_FEATURE_LAYER][:, 1:]))
+            del hidden
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     @torch.no_grad()
     def pool(self, features: torch.Tensor) -> torch.Tensor:
@@ -165,6 +183,45 @@ class SlowFastLlava:
         """[len(ids), D] token embeddings."""
         table = self.model.model.language_model.get_input_embeddings()
         return table(torch.tensor(list(ids), dtype=torch.long, device=self.device))
+
+
+class _Upcast(torch.nn.Module):
+    """A parametrization: the stored weight, converted to `dtype` when the module reads it."""
+
+    def __init__(self, dtype: torch.dtype):
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.to(self.dtype)
+
+
+def upcast_lazily(model, dtype: torch.dtype) -> None:
+    """Vision tower and projector (small) converted to `dtype` in place; every language-model and
+    lm_head tensor (parameters and float buffers) left in the checkpoint's dtype and read through a
+    `_Upcast` parametrization, so the LLM computes in `dtype` while memory holds its original size.
+    Embedding tables are not converted at all: their looked-up rows are (gather then widen = widen
+    then gather), so a lookup never materialises the whole table in `dtype`. Tied weights
+    (lm_head = embed_tokens) stay one tensor."""
+    from torch.nn.utils import parametrize
+
+    inner = model.model
+    inner.vision_tower.to(dtype)
+    inner.multi_modal_projector.to(dtype)
+    if getattr(inner, "image_newline", None) is not None:
+        inner.image_newline.data = inner.image_newline.data.to(dtype)
+    for root in (inner.language_model, model.lm_head):
+        for module in list(root.modules()):
+            if isinstance(module, torch.nn.Embedding):
+                if module.weight.dtype != dtype:
+                    module.register_forward_hook(lambda _m, _args, out: out.to(dtype))
+                continue
+            for name, tensor in list(module.named_parameters(recurse=False)):
+                if tensor.is_floating_point() and tensor.dtype != dtype:
+                    parametrize.register_parametrization(module, name, _Upcast(dtype), unsafe=True)
+            for name, buf in list(module.named_buffers(recurse=False)):
+                if buf.is_floating_point() and buf.dtype != dtype and buf.dtype != torch.float32:
+                    module.register_buffer(name, buf.to(dtype), persistent=False)
 
 
 def _eos_ids(model, tokenizer) -> frozenset[int]:

@@ -9,6 +9,10 @@ Providers: "cpu" (CPUExecutionProvider), "cuda" (CUDAExecutionProvider, onnxrunt
 "tensorrt" (TensorrtExecutionProvider, with CUDA then CPU as fallbacks for the nodes TensorRT
 cannot take, such as GroupQueryAttention). TensorRT options: fp16, an engine cache directory,
 and optimisation-profile shapes from the manifest's dynamic-axis ranges.
+
+Before the first CUDA or TensorRT session the CUDA and cuDNN libraries are loaded once per process
+(`cuda_libraries.preload`), so that onnxruntime-gpu finds the ones that pip's nvidia-* packages (or
+torch) bring without LD_LIBRARY_PATH. The CPU path loads nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import SfedgeError
+from . import cuda_libraries
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -42,9 +47,12 @@ def device_of(provider: str) -> str:
 
 
 def check_provider(provider: str) -> None:
-    """Raise SfedgeError unless `provider` is known and present in the installed onnxruntime."""
+    """Raise SfedgeError unless `provider` is known and present in the installed onnxruntime.
+    For cuda and tensorrt, first load the CUDA / cuDNN libraries (`cuda_libraries.preload`)."""
     if provider not in PROVIDERS:
         raise SfedgeError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+    if provider != "cpu":
+        cuda_libraries.preload()
     available = ort.get_available_providers()
     if PROVIDERS[provider] not in available:
         hint = " (install onnxruntime-gpu, with CUDA and cuDNN" + (" and TensorRT" if provider == "tensorrt" else "") + ")"
@@ -154,8 +162,10 @@ class OrtEngine(Engine):
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
             raise SfedgeError(f"cannot open engine {path} with provider {provider!r}: {e}") from None
         if PROVIDERS[provider] not in self.session.get_providers():  # ORT falls back to CPU silently
+            notes = "; ".join(cuda_libraries.preload())  # done already: its notes
             raise SfedgeError(f"{PROVIDERS[provider]} failed to start for {path} (CUDA / cuDNN / TensorRT "
-                              f"libraries missing or mismatched?); the session got {self.session.get_providers()}")
+                              f"libraries missing or mismatched?); the session got {self.session.get_providers()}"
+                              + (f"; loading CUDA libraries: {notes}" if notes else ""))
         self.provider = provider
         self.device = device_of(provider)
         self.inputs = {i.name: _info(i) for i in self.session.get_inputs()}

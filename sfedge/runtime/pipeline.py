@@ -171,7 +171,8 @@ class Pipeline:
                gen: GenerationSpec = GenerationSpec(), *, record_logits: bool = False) -> Iterator[str]:
         """Yield the answer's text pieces as the tokens are generated; when the iterator is
         exhausted, `self.last_result` holds the AskResult. Timings: `prefill` is the prompt through
-        the LLM up to the first token, `decode` the tokens after it (tokens_per_s counts those)."""
+        the LLM up to the first token, `decode` the tokens after it (tokens_per_s counts those);
+        the time the caller spends between pieces (printing them, say) is not counted."""
         start = time.perf_counter()
         prep = self.prepare(video, question, options)
         logits: list[np.ndarray] = []
@@ -180,20 +181,23 @@ class Pipeline:
         detok = self.tokenizer.stream()
         t_prefill = time.perf_counter()
         t_first = None
+        paused = 0.0  # seconds the caller held control between pieces
         for token in generate(self.decoder, prep.embeds, gen, self.eos, prefill_chunk=self.prefill_chunk,
                               on_first_logits=logits.append if record_logits else None):
             t_first = t_first or time.perf_counter()
             tokens.append(token)
             if piece := detok.push(token):
                 text.append(piece)
+                t_yield = time.perf_counter()
                 yield piece
-        end = time.perf_counter()
+                paused += time.perf_counter() - t_yield
+        end = time.perf_counter() - paused
         if tail := detok.flush():
             text.append(tail)
             yield tail
         t_first = t_first or end
         timings = dict(prep.timings_ms, prefill=(t_first - t_prefill) * 1e3, decode=(end - t_first) * 1e3,
-                       total=(time.perf_counter() - start) * 1e3)
+                       total=(end - start) * 1e3)
         answer = "".join(text).strip()
         steps = max(len(tokens) - 1, 0)  # tokens made by decode steps (the first comes from prefill)
         self.last_result = AskResult(

@@ -1,0 +1,56 @@
+"""Export-validation helpers that need no export: the error metrics and the memory-frugal
+reference loading they rely on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sfedge.export.validate import errors, table_errors
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_table_errors_equal_errors_block_by_block(dtype):
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((1000, 24)).astype(dtype)
+    out = (ref.astype(np.float64) + rng.standard_normal(ref.shape) * 1e-3).astype(np.float32)
+    whole, blocks = errors(out, ref), table_errors(out, ref, rows=64)
+    for key in ("max_abs", "rel", "cosine"):
+        assert blocks[key] == pytest.approx(whole[key], rel=1e-9, abs=1e-12), key
+    assert table_errors(ref, ref)["max_abs"] == 0.0
+    assert table_errors(out[:10], ref)["rel"] == float("inf")  # misshapen: reported, not raised
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_lazy_upcast_is_bit_identical_to_converting_up_front(tied, tiny_dir, tmp_path):
+    """A half-precision checkpoint read through `lazy_upcast` (weights kept in bf16/fp16, widened
+    when used; embedding rows widened after the lookup) computes exactly what the model converted
+    to fp32 up front computes, at about half its memory."""
+    import torch
+    from transformers import AutoTokenizer, LlavaNextForConditionalGeneration
+
+    from sfedge.reference.model import SlowFastLlava
+    from sfedge.spec import GenerationSpec
+
+    model = LlavaNextForConditionalGeneration.from_pretrained(tiny_dir)
+    if tied:
+        model.config.tie_word_embeddings = model.config.text_config.tie_word_embeddings = True
+        model.lm_head.weight = model.model.language_model.embed_tokens.weight
+    half = tmp_path / "half"
+    model.to(torch.bfloat16 if tied else torch.float16).save_pretrained(half)
+    AutoTokenizer.from_pretrained(tiny_dir).save_pretrained(half)
+
+    full = SlowFastLlava.from_pretrained(half)
+    lazy = SlowFastLlava.from_pretrained(half, lazy_upcast=True)
+    llm = lazy.model.model.language_model
+    assert lazy.dtype == torch.float32 and llm.layers[0].mlp.up_proj.parametrizations.weight.original.dtype != torch.float32
+    assert llm.embed_tokens.weight.dtype != torch.float32  # the table itself is never widened
+    pixels = torch.randn(3, 3, 336, 336)
+    embeds = [m.inputs_embeds(m.prompt_ids("What?"), m.pool(m.vision_features(pixels))) for m in (full, lazy)]
+    assert embeds[1].dtype == torch.float32 and torch.equal(*embeds)
+    assert torch.equal(full.first_step_logits(embeds[0]), lazy.first_step_logits(embeds[1]))
+    gen = GenerationSpec(max_new_tokens=8)
+    assert full.generate(embeds[0], gen) == lazy.generate(embeds[1], gen)
+    if tied:
+        head = lazy.model.lm_head.parametrizations.weight.original
+        assert head.data_ptr() == llm.embed_tokens.weight.data_ptr()  # still one tensor
