@@ -187,7 +187,8 @@ path = os.path.join(sys.argv[1], "check.onnx")
 onnx.save(model, path)
 feeds = {"img": rng.standard_normal((1, 3, 8, 8)).astype(np.float32),
          "a": rng.standard_normal((4, 16)).astype(np.float32)}
-from sfedge.runtime.engines import PROVIDERS, OrtEngine, preload_cuda_libraries
+from sfedge.runtime.cuda_libraries import preload
+from sfedge.runtime.engines import PROVIDERS, OrtEngine
 
 t = time.perf_counter()
 eng = OrtEngine(path, provider)
@@ -196,7 +197,7 @@ want = dict(zip(["conv", "sum"], ort.InferenceSession(path, providers=["CPUExecu
 for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=1e-2, atol=1e-2)
 print(f"tiny session on {provider}: providers {eng.session.get_providers()}, outputs match the CPU "
-      f"({time.perf_counter() - t:.1f} s); CUDA library notes: {preload_cuda_libraries() or 'none'}")
+      f"({time.perf_counter() - t:.1f} s); CUDA library notes: {preload() or 'none'}")
 if eng.session.get_providers()[0] != PROVIDERS[provider]:
     sys.exit(f"{PROVIDERS[provider]} is not the session's first provider: {eng.session.get_providers()}")
 import onnxruntime_genai, transformers, torch, onnx_ir, av

@@ -67,6 +67,7 @@ class Decoder:
         self.step_binding.bind_output("token", "cpu")
         self.step_binding.bind_ortvalue_output("embeds", self.embeds)
         self.length = 0  # tokens now in the cache
+        self.kv_bound = False  # shared layout: the KV buffers are bound to the LLM once, for every run
 
     def _alloc(self, shape: list[int], dtype) -> ort.OrtValue:
         return ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, self.device, 0)
@@ -87,10 +88,19 @@ class Decoder:
 
 
 def _run(dec: Decoder, embeds, seq: int, logits_out: ort.OrtValue | None) -> None:
-    """One LLM run over `seq` new positions. `embeds`: an OrtValue [1, seq, D] on the device."""
+    """One LLM run over `seq` new positions. `embeds`: an OrtValue [1, seq, D] on the device.
+    Shared layout: the 2 x layers KV bindings never change, so they are made once and each run
+    rebinds only what moves (binding a name again replaces its binding); concat layout: everything
+    is rebound (the presents are new tensors every run)."""
     b = dec.engine.binding
-    b.clear_binding_inputs()
-    b.clear_binding_outputs()
+    if not dec.kv_bound:
+        b.clear_binding_inputs()
+        b.clear_binding_outputs()
+        if dec.shared:
+            for name in dec.past_names:
+                b.bind_ortvalue_input(name, dec.kv[name])
+                b.bind_ortvalue_output(dec.present_of[name], dec.kv[name])
+            dec.kv_bound = True
     total = dec.length + seq
     b.bind_ortvalue_input("inputs_embeds", embeds)
     b.bind_input("attention_mask", dec.device, 0, np.int64, [1, total], dec.ones.data_ptr())
@@ -101,11 +111,9 @@ def _run(dec: Decoder, embeds, seq: int, logits_out: ort.OrtValue | None) -> Non
         b.bind_output("logits", dec.device, 0)
     else:
         b.bind_ortvalue_output("logits", logits_out)
-    for name in dec.past_names:
-        b.bind_ortvalue_input(name, dec.kv[name])
-        if dec.shared:
-            b.bind_ortvalue_output(dec.present_of[name], dec.kv[name])
-        else:
+    if not dec.shared:
+        for name in dec.past_names:
+            b.bind_ortvalue_input(name, dec.kv[name])
             b.bind_output(dec.present_of[name], dec.device, 0)
     dec.engine.run_binding()
     if not dec.shared:  # outputs come back in binding order: logits, then the presents
