@@ -145,6 +145,8 @@ def test_cli_smoke(tmp_path_factory, tiny_dir, tmp_path):
     for side in ("engine", "reference"):
         assert report[side]["new_tokens"] == 4
         assert set(report[side]["stages_ms"]) == set(STAGES)
+        assert all(v["min"] >= 0 for v in report[side]["stages_ms"].values()), report[side]["stages_ms"]
+        assert report[side]["stages_ms"]["decode_ms_per_token"]["median"] > 0
         assert report[side]["peak_rss_mb"] > 0
         assert 0 < report[side]["floor_fraction"]["prefill"] <= 1.5
     assert report["speedup"]["e2e"] > 0

@@ -13,7 +13,7 @@ not part of the returned ids.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,9 +134,11 @@ class SlowFastLlava:
         return self.model.lm_head(hidden[0, -1]).float()
 
     @torch.no_grad()
-    def generate(self, inputs_embeds: torch.Tensor, gen: GenerationSpec = GenerationSpec()) -> list[int]:
+    def generate(self, inputs_embeds: torch.Tensor, gen: GenerationSpec = GenerationSpec(),
+                 on_token: Callable[[int], None] | None = None) -> list[int]:
         """New token ids after the prompt: prefill, then one token at a time with the KV cache.
-        Stops at EOS (not returned) unless `gen.ignore_eos`, or after `gen.max_new_tokens`."""
+        Stops at EOS (not returned) unless `gen.ignore_eos`, or after `gen.max_new_tokens`.
+        `on_token(id)` is called as each token is chosen (its id is on the host by then), EOS too."""
         lm = self.model.model.language_model
         generator = None
         if not gen.greedy and gen.seed is not None:
@@ -146,6 +148,8 @@ class SlowFastLlava:
         while len(ids) < gen.max_new_tokens:
             logits = self.model.lm_head(out.last_hidden_state[0, -1]).float()
             token = _next_token(logits, gen, generator)
+            if on_token is not None:
+                on_token(token)
             if token in self.eos_token_ids and not gen.ignore_eos:
                 break
             ids.append(token)
