@@ -65,9 +65,16 @@ class SlowFastLlava:
         fp32 values), at half the memory of an fp32 7B model; each forward pays the conversions.
         Export validation and `sfedge verify` use it; the bench does not (it times the reference)."""
         from transformers import AutoTokenizer, LlavaNextForConditionalGeneration
+        from transformers.utils import logging as hf_logging
 
         path = resolve_model(path_or_name)
-        model = LlavaNextForConditionalGeneration.from_pretrained(path, dtype="auto", attn_implementation="sdpa")
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a sub-second "Loading weights" bar amid sfedge's own output
+        try:
+            model = LlavaNextForConditionalGeneration.from_pretrained(path, dtype="auto", attn_implementation="sdpa")
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         if lazy_upcast:
             upcast_lazily(model, dtype)
             model.to(device=device)
