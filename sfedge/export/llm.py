@@ -7,7 +7,9 @@ Steps (each keeps RAM near one copy of the weights at most):
    a time), with its tokenizer; the token-embedding table goes to OUT/embeddings.npy on the way.
 2. `run_builder`: `python -m onnxruntime_genai.models.builder` in a subprocess (offline,
    `exclude_embeds=true`, so the graph takes `inputs_embeds`); the subprocess holds the weights
-   while this process holds nothing big, and returns all its memory when it ends.
+   while this process holds nothing big, and returns all its memory when it ends. int4 for the
+   CPU is the builder's fp32 decoder quantised one weight at a time (`quantize.py`: the builder's
+   own int4 result, byte for byte, without its whole-graph fp32 copy in RAM).
 3. `logits_for_last_position`: a Slice before `lm_head`, so the graph returns the logits of the last
    position only ([B, 1, V]): a prefill of 3,780 tokens would otherwise spend 2% (7B) to 16% (small
    LLMs) of its time and a [S, V] buffer (242 MB for Vicuna-7B in fp16) on logits nobody reads.
@@ -146,21 +148,44 @@ def copy_tokenizer(ckpt: Path, dst: Path) -> list[str]:
 
 def run_builder(text_dir: Path, out_dir: Path, precision: str, device: str, log_path: Path) -> None:
     """onnxruntime-genai's builder in a subprocess, offline, writing out_dir/model.onnx(.data) and
-    genai_config.json. Its output goes to log_path; a failure raises with the log's tail."""
+    genai_config.json. Its output goes to log_path; a failure raises with the log's tail.
+
+    int4 for the CPU: the builder writes the fp32 decoder beside text_dir, then `quantize` (another
+    subprocess) makes the builder's own int4 decoder from it one weight at a time; the builder's
+    int4 CPU path would hold the whole fp32 decoder in RAM (~2.9x the LLM's fp16 size). The fp32
+    copy takes twice the LLM's fp16 size on disk while it lasts."""
+    q = quantization(precision, device)
+    if (precision, device) == ("int4", "cpu"):
+        fp32_dir = text_dir.parent / "llm-fp32"
+        run_builder(text_dir, fp32_dir, "fp32", device, log_path)
+        _run_logged([sys.executable, "-m", "sfedge.export.quantize", str(fp32_dir), str(out_dir),
+                     str(q["block_size"]), str(q["accuracy_level"])], log_path, out_dir, "int4 quantization")
+        shutil.rmtree(fp32_dir, ignore_errors=True)
+        return
+    _run_logged(builder_command(text_dir, out_dir, precision, device), log_path, out_dir, "onnxruntime-genai builder")
+    shutil.rmtree(out_dir / ".builder-cache", ignore_errors=True)
+
+
+def builder_command(text_dir: Path, out_dir: Path, precision: str, device: str) -> list[str]:
+    """The builder's command line for `precision` on `device` (its own int4 path included)."""
     options = ["exclude_embeds=true"]
     q = quantization(precision, device)
     if q:
         options += [f"block_size={q['block_size']}", f"accuracy_level={q['accuracy_level']}", "is_symmetric=true"]
-    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(text_dir), "-o", str(out_dir),
-           "-p", builder_precision(precision, device), "-e", device, "-c", str(text_dir / ".builder-cache"),
-           "--extra_options", *options]
+    return [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(text_dir), "-o", str(out_dir),
+            "-p", builder_precision(precision, device), "-e", device, "-c", str(text_dir / ".builder-cache"),
+            "--extra_options", *options]
+
+
+def _run_logged(cmd: list[str], log_path: Path, out_dir: Path, what: str) -> None:
+    """Run `cmd` offline, its output appended to log_path; SfedgeError with the log's tail unless it
+    exits 0 having written out_dir/model.onnx."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    with open(log_path, "w") as log:
+    with open(log_path, "a") as log:
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     if rc != 0 or not (out_dir / "model.onnx").is_file():
         tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
-        raise SfedgeError(f"onnxruntime-genai builder failed (exit {rc}): {' | '.join(tail)}")
-    shutil.rmtree(out_dir / ".builder-cache", ignore_errors=True)
+        raise SfedgeError(f"{what} failed (exit {rc}): {' | '.join(tail)}")
 
 
 def logits_for_last_position(llm_dir: Path) -> None:
