@@ -189,6 +189,7 @@ place_engines() {  # $1 = precision: print the directory to export into, making 
     # text scratch ~= the checkpoint; engines: fp16 on cuda ~1x, int4 ~0.35x, fp32 (and fp16 on cpu) ~2x
     case "$p:$EXPORT_DEVICE" in
         fp16:cuda) need=$((2 * total + 2)) ;;
+        int4:cpu) need=$((3 * total + total * 35 / 100 + 2)) ;;  # + the fp32 decoder quantize.py reads
         int4:*) need=$((total + total * 35 / 100 + 2)) ;;
         *) need=$((3 * total + 2)) ;;
     esac

@@ -169,3 +169,17 @@ def test_parse_options(text, want):
 def test_parse_options_rejects(text):
     with pytest.raises(SfedgeError):
         parse_options(text)
+
+
+def test_time_the_caller_spends_between_pieces_is_not_counted(pipeline_fp32, short_clips):
+    """A consumer that sleeps 30 ms per piece: decode and total exclude those sleeps."""
+    gen = GenerationSpec(max_new_tokens=8, ignore_eos=True)
+    start, pieces = time.perf_counter(), 0
+    for _ in pipeline_fp32.stream(short_clips["dir-5"], Q, gen=gen):
+        pieces += 1
+        time.sleep(0.03)
+    wall = (time.perf_counter() - start) * 1e3
+    t = pipeline_fp32.last_result.timings_ms
+    slept = 30.0 * pieces
+    assert pieces >= 2 and t["total"] <= wall - slept + 5, (t, wall, slept)
+    assert t["decode"] < slept  # 7 tiny decode steps take a few ms, the sleeps far more

@@ -54,3 +54,24 @@ def test_lazy_upcast_is_bit_identical_to_converting_up_front(tied, tiny_dir, tmp
     if tied:
         head = lazy.model.lm_head.parametrizations.weight.original
         assert head.data_ptr() == llm.embed_tokens.weight.data_ptr()  # still one tensor
+
+
+def test_llm_case_reads_a_bf16_table(tiny_dir, tmp_path):
+    """numpy has no bfloat16: the validation's embedding table from a bf16 checkpoint (kept as stored
+    under lazy_upcast) is widened exactly, and the prefill inputs are its rows."""
+    import torch
+    from transformers import AutoTokenizer, LlavaNextForConditionalGeneration
+
+    from sfedge.export.validate import llm_case
+    from sfedge.reference.model import SlowFastLlava
+
+    half = tmp_path / "bf16"
+    LlavaNextForConditionalGeneration.from_pretrained(tiny_dir).to(torch.bfloat16).save_pretrained(half)
+    AutoTokenizer.from_pretrained(tiny_dir).save_pretrained(half)
+    ref = SlowFastLlava.from_pretrained(half, lazy_upcast=True)
+    assert ref.dtype == torch.float32
+    case = llm_case(ref)
+    stored = ref.model.model.language_model.embed_tokens.weight
+    assert stored.dtype == torch.bfloat16
+    assert np.array_equal(case["table"], stored.detach().float().numpy())
+    assert case["prefill"][0][0].dtype == np.float32 and np.isfinite(case["prefill"][-1][1]).all()

@@ -120,6 +120,7 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
     _, vspec = export_vision(ref.model, max_frames, root, vdtype)
     for part in vision_parts:
         part.to(ref_device)
+    del vision_parts, part  # no reference may outlive `ref` (freed before validation's sessions)
     bar.step("slowfast")
     hidden = ref.model.config.text_config.hidden_size
     _, sspec = export_slowfast(slowfast, hidden, max_frames, root, vdtype)

@@ -163,7 +163,7 @@ def run_builder(text_dir: Path, out_dir: Path, precision: str, device: str, log_
         shutil.rmtree(fp32_dir, ignore_errors=True)
         return
     _run_logged(builder_command(text_dir, out_dir, precision, device), log_path, out_dir, "onnxruntime-genai builder")
-    shutil.rmtree(out_dir / ".builder-cache", ignore_errors=True)
+    shutil.rmtree(text_dir / ".builder-cache", ignore_errors=True)
 
 
 def builder_command(text_dir: Path, out_dir: Path, precision: str, device: str) -> list[str]:

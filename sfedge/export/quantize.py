@@ -72,15 +72,17 @@ def quantize_int4(src: Path, dst: Path, block_size: int, accuracy_level: int) ->
     graph.ClearField("node")
     graph.node.extend(nodes)
     used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-    kept = [t for t in graph.initializer if t.name in used]
-    for tensor in kept:  # the norms, rotary caches ... (small) come along
+    for i in reversed(range(len(graph.initializer))):  # in place: a copy would double the int4 bytes
+        if graph.initializer[i].name not in used:
+            del graph.initializer[i]  # the fp32 weights (never loaded into this graph)
+    for tensor in graph.initializer:  # the norms, rotary caches ... (small) come along
         load(tensor)
-    graph.ClearField("initializer")  # (extend copies the messages: load them before)
-    graph.initializer.extend(kept)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
 
     dst.mkdir(parents=True, exist_ok=True)
+    for stale in (dst / MODEL, dst / (MODEL + ".data")):  # onnx appends to an existing data file
+        stale.unlink(missing_ok=True)
     for f in src.iterdir():
         if f.is_file() and not f.name.startswith(MODEL):
             shutil.copy2(f, dst / f.name)

@@ -42,8 +42,15 @@ def frame_counts(max_frames: int) -> list[int]:
 
 
 def session(path: Path, device: str = "cpu"):
+    """An ORT session for validation. device "cuda": the CUDA EP where onnxruntime-gpu has it (CUDA
+    libraries loaded first), else ORT falls back to the CPU: engines built for a Jetson on an
+    x86 host without a GPU are validated by the CPU kernels."""
     import onnxruntime as ort
 
+    if device == "cuda":
+        from ..runtime.cuda_libraries import preload
+
+        preload()
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     return ort.InferenceSession(str(path), providers=providers)
 
@@ -164,8 +171,10 @@ def llm_case(ref, seed: int = 0) -> dict:
     """The decoder check's inputs and expected logits: the checkpoint's embedding table, prefills of
     LLM_SEQ_LENS random tokens (as embeddings), and one decode step after the longest."""
     rng = np.random.default_rng(seed)
-    # as stored (the checkpoint's dtype under lazy_upcast): no fp32 copy of a [V, D] table
-    table = ref.model.model.language_model.get_input_embeddings().weight.detach().cpu().numpy()
+    # as stored (the checkpoint's dtype under lazy_upcast): no fp32 copy of a [V, D] table; numpy
+    # has no bfloat16, so a bf16 table is widened (exactly)
+    weight = ref.model.model.language_model.get_input_embeddings().weight.detach()
+    table = (weight.float() if weight.dtype == torch.bfloat16 else weight).cpu().numpy()
     prefill = [table[rng.integers(0, len(table), s)][None].astype(np.float32) for s in LLM_SEQ_LENS]
     step = table[rng.integers(0, len(table), 1)][None].astype(np.float32)
     return {"table": table, "prefill": [(e, _reference_logits(ref, e)) for e in prefill], "step": step,

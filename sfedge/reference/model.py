@@ -84,11 +84,15 @@ class SlowFastLlava:
 
     @property
     def device(self) -> torch.device:
-        return self.model.lm_head.weight.device
+        return next(self.model.lm_head.parameters()).device  # as stored: no lazy widening
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.lm_head.weight.dtype
+        """The dtype the model computes in (under `lazy_upcast`, not the stored one)."""
+        head = self.model.lm_head
+        if hasattr(head, "parametrizations") and "weight" in head.parametrizations:
+            return head.parametrizations.weight[0].dtype  # the _Upcast target: reading .weight widens it
+        return head.weight.dtype
 
     # --- vision -------------------------------------------------------------------------------
 

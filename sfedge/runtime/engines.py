@@ -124,6 +124,7 @@ class Engine:
     inputs: dict[str, TensorInfo]
     outputs: dict[str, TensorInfo]
     device: str
+    binding_owner: object = None
 
     def infer(self, feeds: dict, *, on_device: bool = False) -> dict:
         """Run once. `feeds`: name -> numpy array or OrtValue. Returns name -> numpy array, or
@@ -171,6 +172,7 @@ class OrtEngine(Engine):
         self.inputs = {i.name: _info(i) for i in self.session.get_inputs()}
         self.outputs = {o.name: _info(o) for o in self.session.get_outputs()}
         self.binding = self.session.io_binding()
+        self.binding_owner = None  # who set up what is bound now (the LLM Decoder keeps its KV bound)
         self._bound: dict[str, ort.OrtValue] = {}  # what the binding reads from
 
     def bind_input(self, name: str, value) -> None:
@@ -189,6 +191,7 @@ class OrtEngine(Engine):
     def infer(self, feeds: dict, *, on_device: bool = False) -> dict:
         self.binding.clear_binding_inputs()
         self.binding.clear_binding_outputs()
+        self.binding_owner = None
         self._bound.clear()
         for name, value in feeds.items():
             self.bind_input(name, value)

@@ -67,7 +67,6 @@ class Decoder:
         self.step_binding.bind_output("token", "cpu")
         self.step_binding.bind_ortvalue_output("embeds", self.embeds)
         self.length = 0  # tokens now in the cache
-        self.kv_bound = False  # shared layout: the KV buffers are bound to the LLM once, for every run
 
     def _alloc(self, shape: list[int], dtype) -> ort.OrtValue:
         return ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, self.device, 0)
@@ -93,14 +92,14 @@ def _run(dec: Decoder, embeds, seq: int, logits_out: ort.OrtValue | None) -> Non
     rebinds only what moves (binding a name again replaces its binding); concat layout: everything
     is rebound (the presents are new tensors every run)."""
     b = dec.engine.binding
-    if not dec.kv_bound:
+    if not (dec.shared and dec.engine.binding_owner is dec):  # (anyone else's use cleared the binding)
         b.clear_binding_inputs()
         b.clear_binding_outputs()
         if dec.shared:
             for name in dec.past_names:
                 b.bind_ortvalue_input(name, dec.kv[name])
                 b.bind_ortvalue_output(dec.present_of[name], dec.kv[name])
-            dec.kv_bound = True
+            dec.engine.binding_owner = dec
     total = dec.length + seq
     b.bind_ortvalue_input("inputs_embeds", embeds)
     b.bind_input("attention_mask", dec.device, 0, np.int64, [1, total], dec.ones.data_ptr())
