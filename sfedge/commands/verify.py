@@ -146,11 +146,10 @@ def format_report(report: dict) -> str:
 
 
 def run(args) -> int:
+    from ..manifest import load_manifest
     from ..reference.model import SlowFastLlava
     from ..runtime.pipeline import Pipeline, parse_options
     from ..synthetic import make_clip
-
-    from ..manifest import load_manifest
 
     existing_path(args.engines, "engines directory")
     load_manifest(args.engines, trust_stamps=False)  # an integrity check re-hashes every file

@@ -154,8 +154,8 @@ def run_builder(text_dir: Path, out_dir: Path, precision: str, device: str, log_
     subprocess) makes the builder's own int4 decoder from it one weight at a time; the builder's
     int4 CPU path would hold the whole fp32 decoder in RAM (~2.9x the LLM's fp16 size). The fp32
     copy takes twice the LLM's fp16 size on disk while it lasts."""
-    q = quantization(precision, device)
     if (precision, device) == ("int4", "cpu"):
+        q = quantization(precision, device)
         fp32_dir = text_dir.parent / "llm-fp32"
         run_builder(text_dir, fp32_dir, "fp32", device, log_path)
         _run_logged([sys.executable, "-m", "sfedge.export.quantize", str(fp32_dir), str(out_dir),

@@ -103,9 +103,9 @@ class SlowFastLlava:
         states for 50 CLIP-L frames are 3 GB in fp32), None: all at once, as the reference does."""
         tower = self.model.model.vision_tower
         pixels = pixel_values.to(device=self.device, dtype=self.dtype)
-        parts = []
-        for start in range(0, len(pixels), chunk or max(len(pixels), 1)):
-            hidden = tower(pixels[start:start + (chunk or len(pixels))], output_hidden_states=True)
+        parts, step = [], chunk or max(len(pixels), 1)
+        for start in range(0, len(pixels), step):
+            hidden = tower(pixels[start:start + step], output_hidden_states=True)
             parts.append(self.model.model.multi_modal_projector(hidden.hidden_states[VISION_FEATURE_LAYER][:, 1:]))
             del hidden
         return parts[0] if len(parts) == 1 else torch.cat(parts)
