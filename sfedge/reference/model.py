@@ -22,6 +22,7 @@ import torch
 from ..models.tiny import resolve_model
 from ..prompts import build_prompt, detect_family, parse_choice, tokenize_prompt
 from ..spec import VISION_FEATURE_LAYER, GenerationSpec, PipelineSpec
+from .slow_tokenizer import SlowSentencePiece
 from .slowfast import SlowFastPool
 
 
@@ -41,9 +42,13 @@ class ReferenceAnswer:
 class SlowFastLlava:
     """A LLaVA-NeXT checkpoint driven the SlowFast-LLaVA way (training-free video QA)."""
 
-    def __init__(self, model, tokenizer, spec: PipelineSpec = PipelineSpec()):
+    def __init__(self, model, tokenizer, spec: PipelineSpec = PipelineSpec(),
+                 encode: Callable[[str], list[int]] | None = None):
+        """`encode`: text -> ids as LLaVA's tokenizer gives them (`from_pretrained` passes the slow
+        SentencePiece tokenizer where the checkpoint has tokenizer.model); None: `tokenizer(text)`."""
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.encode = encode or (lambda text: list(tokenizer(text).input_ids))
         self.spec = spec
         self.prompt_family = detect_family(tokenizer.get_vocab())
         self.image_token_id = int(model.config.image_token_id)
@@ -80,7 +85,8 @@ class SlowFastLlava:
             model.to(device=device)
         else:
             model.to(device=device, dtype=dtype)
-        return cls(model, AutoTokenizer.from_pretrained(path), spec)
+        slow = SlowSentencePiece(path) if (path / "tokenizer.model").is_file() else None
+        return cls(model, AutoTokenizer.from_pretrained(path), spec, slow.encode if slow else None)
 
     @property
     def device(self) -> torch.device:
@@ -118,10 +124,10 @@ class SlowFastLlava:
     # --- prompt -------------------------------------------------------------------------------
 
     def prompt_ids(self, question: str, options: Sequence[str] | None = None) -> list[int]:
-        """The SPEC 5 prompt, tokenised piecewise around `<image>` (one image token marks the spot)."""
+        """The SPEC 5 prompt, tokenised piecewise around `<image>` (one image token marks the spot),
+        with LLaVA's tokenizer (the slow SentencePiece one where the checkpoint has tokenizer.model)."""
         prompt = build_prompt(question, options, self.prompt_family)
-        return tokenize_prompt(prompt, lambda text: self.tokenizer(text).input_ids,
-                               self.tokenizer.bos_token_id, self.image_token_id)
+        return tokenize_prompt(prompt, self.encode, self.tokenizer.bos_token_id, self.image_token_id)
 
     @torch.no_grad()
     def inputs_embeds(self, ids: Sequence[int], visual_tokens: torch.Tensor) -> torch.Tensor:
