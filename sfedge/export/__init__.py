@@ -27,16 +27,17 @@ import datetime
 import gc
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from ..errors import SfedgeError
+from ..errors import SfedgeError, ValidationError
 from ..spec import PipelineSpec, SamplingSpec, SlowFastSpec
 
 PRECISIONS = ("fp32", "fp16", "int4")
 DEVICES = ("cpu", "cuda")
-STAGES = ("text model", "LLM builder", "reference", "vision", "slowfast", "manifest", "reference outputs",
+STAGES = ("tokenizer guard", "text model", "LLM builder", "reference", "vision", "slowfast", "manifest", "reference outputs",
           "validate vision", "validate slowfast", "validate llm", "validate chain")
 
 
@@ -47,11 +48,17 @@ def vision_precision(precision: str, device: str) -> str:
 
 def export_model(model: str | Path, out: str | Path, precision: str = "fp32", device: str = "cpu",
                  max_frames: int = 64, slowfast: SlowFastSpec = SlowFastSpec(), validate: bool = True,
-                 force: bool = False, progress: bool = True) -> dict:
+                 force: bool = False, progress: bool = True, max_context: int | None = None,
+                 allow_tokenizer_mismatch: bool = False) -> dict:
     """Export `model` ("tiny" or a checkpoint dir) to `out`; return the manifest as written
-    (incl. "validation", None with validate=False). Raises SfedgeError on bad input (exit 2),
-    ValidationError when a graph disagrees with PyTorch beyond its tolerance (exit 1)."""
+    (incl. "validation", None with validate=False). `max_context`: positions the decoder's KV cache
+    and attention buffers hold (default min(4096, the checkpoint's max_position_embeddings)).
+    Raises SfedgeError on bad input (exit 2), ValidationError when a graph disagrees with PyTorch
+    beyond its tolerance or the runtime's tokenizer disagrees with the checkpoint's (exit 1; the
+    latter unless `allow_tokenizer_mismatch`, which records the differences in the manifest)."""
     from ..models.tiny import resolve_model
+    from .leftovers import remove_stale, scratch_prefix
+    from .llm import text_context
 
     if precision not in PRECISIONS:
         raise SfedgeError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -63,10 +70,14 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32", de
     out = Path(out)
     if out.exists() and not force:
         raise SfedgeError(f"{out} exists (use --force to replace it)")
+    context = text_context(ckpt, max_context)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f"{out.name}.partial-", dir=out.parent))
+    for path, pid in remove_stale(out.parent):
+        print(f"removed {path} (left by export process {pid}, which is gone)", file=sys.stderr)
+    partial = Path(tempfile.mkdtemp(prefix=scratch_prefix(f"{out.name}.partial"), dir=out.parent))
     try:
-        manifest = _build(str(model), ckpt, partial, precision, device, max_frames, slowfast, validate, progress)
+        manifest = _build(str(model), ckpt, partial, precision, device, max_frames, slowfast, validate, progress,
+                          context, allow_tokenizer_mismatch)
         _default_permissions(partial)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
@@ -78,32 +89,44 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32", de
 
 
 def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_frames: int,
-           slowfast: SlowFastSpec, validate: bool, progress: bool) -> dict:
+           slowfast: SlowFastSpec, validate: bool, progress: bool, context: dict,
+           allow_tokenizer_mismatch: bool) -> dict:
     import numpy as np
     import torch
 
     from .. import __version__
+    from ..context import kv_cache_bytes
     from ..manifest import write_manifest
     from ..reference.model import SlowFastLlava
     from . import llm as llm_mod
+    from ..prompts import detect_family
+    from ..runtime.tokenizer import TextTokenizer
+    from .leftovers import scratch_prefix
     from .manifest_build import component_entry, model_block, read_manifest, source_identity, versions
+    from .tokenizer_guard import guard
     from .slowfast import export_slowfast
     from .step import export_step
     from .validate import compare, reference_cases
     from .vision import export_vision
 
     started = time.perf_counter()
-    bar = _Stages(STAGES if validate else STAGES[:6], progress)
+    bar = _Stages(STAGES if validate else STAGES[:7], progress)
+    bar.step("tokenizer guard")  # first: a tokenizer that disagrees fails the export in seconds
+    tokenizer_files = llm_mod.copy_tokenizer(ckpt, root / "tokenizer")
+    family = detect_family(TextTokenizer(root / "tokenizer").vocab())
+    tokenizer_guard = guard(ckpt, root / "tokenizer", family, allow_tokenizer_mismatch)
     bar.step("text model")
     emb_dtype = llm_mod.io_dtype(precision, device)
-    with tempfile.TemporaryDirectory(prefix=".sfedge-text-", dir=root.parent) as scratch:
+    with tempfile.TemporaryDirectory(prefix=scratch_prefix(".sfedge-text"), dir=root.parent) as scratch:
         scratch = Path(scratch)
-        llm_mod.save_text_checkpoint(ckpt, scratch / "text", root / "embeddings.npy", emb_dtype)
+        llm_mod.save_text_checkpoint(ckpt, scratch / "text", root / "embeddings.npy", emb_dtype, context=context)
         bar.step("LLM builder")
         llm_mod.run_builder(scratch / "text", root / "llm", precision, device, scratch / "builder.log")
     llm_mod.logits_for_last_position(root / "llm")
     llm = llm_mod.describe_llm(root / "llm", "llm", precision, device)
-    tokenizer_files = llm_mod.copy_tokenizer(ckpt, root / "tokenizer")
+    if llm["kv_cache"]["max_length"] != context["max_context"]:
+        raise ValidationError(f"the builder made a decoder for {llm['kv_cache']['max_length']} positions, "
+                              f"not the requested {context['max_context']}")
     logits_dtype = next(io["dtype"] for io in llm["outputs"] if io["name"] == "logits")
     step = export_step(root, logits_dtype, emb_dtype)
 
@@ -137,6 +160,10 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
         "slowfast_name": slowfast.name(),
         "prompt_family": ref.prompt_family,
         "model": model_block(ref, llm, table_shape, max_frames),
+        "context": dict(context, kv_cache=kv_cache_bytes(llm["kv_cache"]["num_layers"], llm["kv_cache"]["num_kv_heads"],
+                                                         llm["kv_cache"]["head_dim"], llm["kv_cache"]["max_length"],
+                                                         llm["kv_cache"]["dtype"])),
+        "tokenizer_guard": tokenizer_guard,
         "components": {
             "vision": component_entry(root, vspec, vprec),
             "slowfast": component_entry(root, sspec, vprec),
