@@ -27,6 +27,7 @@ CASES = [
     ("mp4-12", "Where does it go?", ("left", "right", "  up  ", "it stays still")),
 ]
 MAX_NEW_TOKENS = 12
+CHATML_CASES = (1, 2, 3)  # the ChatML checkpoint runs the cases where tokenizers differ (time budget)
 
 
 @pytest.fixture(scope="session")
@@ -51,6 +52,8 @@ def sp_models(request, clip_path, short_clips):
 @pytest.mark.parametrize("model", ["mistral", "chatml"])
 @pytest.mark.parametrize("clip,question,options", CASES, ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(CASES)])
 def test_real_tokenizer_parity(model, clip, question, options, sp_models):
+    if model == "chatml" and CASES.index((clip, question, options)) not in CHATML_CASES:
+        pytest.skip("ChatML runs a subset (CHATML_CASES)")
     clips, get = sp_models
     pipeline, reference, visual = get(model)
     assert pipeline.family == ("chatml" if model == "chatml" else "vicuna")

@@ -97,96 +97,100 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
     from .. import __version__
     from ..context import kv_cache_bytes
     from ..manifest import write_manifest
-    from ..reference.model import SlowFastLlava
-    from . import llm as llm_mod
     from ..prompts import detect_family
+    from ..reference.model import SlowFastLlava
     from ..runtime.tokenizer import TextTokenizer
+    from . import llm as llm_mod
     from .leftovers import scratch_prefix
     from .manifest_build import component_entry, model_block, read_manifest, source_identity, versions
-    from .tokenizer_guard import guard
     from .slowfast import export_slowfast
     from .step import export_step
+    from .tokenizer_guard import guard
     from .validate import compare, reference_cases
     from .vision import export_vision
 
     started = time.perf_counter()
     bar = _Stages(STAGES if validate else STAGES[:7], progress)
-    bar.step("tokenizer guard")  # first: a tokenizer that disagrees fails the export in seconds
-    tokenizer_files = llm_mod.copy_tokenizer(ckpt, root / "tokenizer")
-    family = detect_family(TextTokenizer(root / "tokenizer").vocab())
-    tokenizer_guard = guard(ckpt, root / "tokenizer", family, allow_tokenizer_mismatch)
-    bar.step("text model")
-    emb_dtype = llm_mod.io_dtype(precision, device)
-    with tempfile.TemporaryDirectory(prefix=scratch_prefix(".sfedge-text"), dir=root.parent) as scratch:
-        scratch = Path(scratch)
-        llm_mod.save_text_checkpoint(ckpt, scratch / "text", root / "embeddings.npy", emb_dtype, context=context)
-        bar.step("LLM builder")
-        llm_mod.run_builder(scratch / "text", root / "llm", precision, device, scratch / "builder.log")
-    llm_mod.logits_for_last_position(root / "llm")
-    llm = llm_mod.describe_llm(root / "llm", "llm", precision, device)
-    if llm["kv_cache"]["max_length"] != context["max_context"]:
-        raise ValidationError(f"the builder made a decoder for {llm['kv_cache']['max_length']} positions, "
-                              f"not the requested {context['max_context']}")
-    logits_dtype = next(io["dtype"] for io in llm["outputs"] if io["name"] == "logits")
-    step = export_step(root, logits_dtype, emb_dtype)
+    try:
+        bar.step("tokenizer guard")  # first: a tokenizer that disagrees fails the export in seconds
+        tokenizer_files = llm_mod.copy_tokenizer(ckpt, root / "tokenizer")
+        family = detect_family(TextTokenizer(root / "tokenizer").vocab())
+        tokenizer_guard = guard(ckpt, root / "tokenizer", family, allow_tokenizer_mismatch)
+        bar.step("text model")
+        emb_dtype = llm_mod.io_dtype(precision, device)
+        with tempfile.TemporaryDirectory(prefix=scratch_prefix(".sfedge-text"), dir=root.parent) as scratch:
+            scratch = Path(scratch)
+            llm_mod.save_text_checkpoint(ckpt, scratch / "text", root / "embeddings.npy", emb_dtype, context=context)
+            bar.step("LLM builder")
+            llm_mod.run_builder(scratch / "text", root / "llm", precision, device, scratch / "builder.log")
+        llm_mod.logits_for_last_position(root / "llm")
+        llm = llm_mod.describe_llm(root / "llm", "llm", precision, device)
+        if llm["kv_cache"]["max_length"] != context["max_context"]:
+            raise ValidationError(f"the builder made a decoder for {llm['kv_cache']['max_length']} positions, "
+                                  f"not the requested {context['max_context']}")
+        logits_dtype = next(io["dtype"] for io in llm["outputs"] if io["name"] == "logits")
+        step = export_step(root, logits_dtype, emb_dtype)
 
-    bar.step("reference")
-    ref_device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
-    pipeline = PipelineSpec(sampling=SamplingSpec(min(SamplingSpec().num_frames, max_frames)), slowfast=slowfast)
-    ref = SlowFastLlava.from_pretrained(ckpt, torch.float32, ref_device, pipeline, lazy_upcast=True)
-    vprec = vision_precision(precision, device)
-    vdtype = torch.float16 if vprec == "fp16" else torch.float32
-    bar.step("vision")
-    vision_parts = (ref.model.model.vision_tower, ref.model.model.multi_modal_projector)
-    for part in vision_parts:  # torch.onnx traces on the CPU; the LLM stays where it is
-        part.cpu()
-    _, vspec = export_vision(ref.model, max_frames, root, vdtype)
-    for part in vision_parts:
-        part.to(ref_device)
-    del vision_parts, part  # no reference may outlive `ref` (freed before validation's sessions)
-    bar.step("slowfast")
-    hidden = ref.model.config.text_config.hidden_size
-    _, sspec = export_slowfast(slowfast, hidden, max_frames, root, vdtype)
+        bar.step("reference")
+        ref_device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
+        pipeline = PipelineSpec(sampling=SamplingSpec(min(SamplingSpec().num_frames, max_frames)), slowfast=slowfast)
+        ref = SlowFastLlava.from_pretrained(ckpt, torch.float32, ref_device, pipeline, lazy_upcast=True)
+        vprec = vision_precision(precision, device)
+        vdtype = torch.float16 if vprec == "fp16" else torch.float32
+        bar.step("vision")
+        vision_parts = (ref.model.model.vision_tower, ref.model.model.multi_modal_projector)
+        for part in vision_parts:  # torch.onnx traces on the CPU; the LLM stays where it is
+            part.cpu()
+        _, vspec = export_vision(ref.model, max_frames, root, vdtype)
+        for part in vision_parts:
+            part.to(ref_device)
+        del vision_parts, part  # no reference may outlive `ref` (freed before validation's sessions)
+        bar.step("slowfast")
+        hidden = ref.model.config.text_config.hidden_size
+        _, sspec = export_slowfast(slowfast, hidden, max_frames, root, vdtype)
 
-    bar.step("manifest")
-    table_shape = np.load(root / "embeddings.npy", mmap_mode="r").shape
-    manifest = {
-        "sfedge_version": __version__,
-        "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "precision": precision,
-        "device": device,
-        "quantization": llm_mod.quantization(precision, device),
-        "pipeline": pipeline.to_dict(),
-        "slowfast_name": slowfast.name(),
-        "prompt_family": ref.prompt_family,
-        "model": model_block(ref, llm, table_shape, max_frames),
-        "context": dict(context, kv_cache=kv_cache_bytes(llm["kv_cache"]["num_layers"], llm["kv_cache"]["num_kv_heads"],
-                                                         llm["kv_cache"]["head_dim"], llm["kv_cache"]["max_length"],
-                                                         llm["kv_cache"]["dtype"])),
-        "tokenizer_guard": tokenizer_guard,
-        "components": {
-            "vision": component_entry(root, vspec, vprec),
-            "slowfast": component_entry(root, sspec, vprec),
-            "llm": llm,
-            "embeddings": {"path": "embeddings.npy", "dtype": emb_dtype, "shape": list(table_shape)},
-            "tokenizer": {"path": "tokenizer", "files": sorted(tokenizer_files)},
-            "greedy_step": step,
-        },
-        "source": source_identity(name, ckpt),
-        "versions": versions(),
-        "validation": None,
-    }
-    if validate:
-        bar.step("reference outputs")
-        cases = reference_cases(ref, max_frames)
-    del ref  # the PyTorch model is gone before any ONNX session is made: peak RAM is one model
-    _release_memory()
-    if validate:
-        manifest["validation"] = compare(root, manifest, cases, device, on_step=lambda n: bar.step(f"validate {n}"))
-    manifest["export_seconds"] = round(time.perf_counter() - started, 2)
-    write_manifest(root, manifest)
-    bar.close()
-    return read_manifest(root)
+        bar.step("manifest")
+        table_shape = np.load(root / "embeddings.npy", mmap_mode="r").shape
+        manifest = {
+            "sfedge_version": __version__,
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "precision": precision,
+            "device": device,
+            "quantization": llm_mod.quantization(precision, device),
+            "pipeline": pipeline.to_dict(),
+            "slowfast_name": slowfast.name(),
+            "prompt_family": ref.prompt_family,
+            "model": model_block(ref, llm, table_shape, max_frames),
+            "context": dict(context, kv_cache=kv_cache_bytes(llm["kv_cache"]["num_layers"], llm["kv_cache"]["num_kv_heads"],
+                                                             llm["kv_cache"]["head_dim"], llm["kv_cache"]["max_length"],
+                                                             llm["kv_cache"]["dtype"])),
+            "tokenizer_guard": tokenizer_guard,
+            "components": {
+                "vision": component_entry(root, vspec, vprec),
+                "slowfast": component_entry(root, sspec, vprec),
+                "llm": llm,
+                "embeddings": {"path": "embeddings.npy", "dtype": emb_dtype, "shape": list(table_shape)},
+                "tokenizer": {"path": "tokenizer", "files": sorted(tokenizer_files)},
+                "greedy_step": step,
+            },
+            "source": source_identity(name, ckpt),
+            "versions": versions(),
+            "validation": None,
+        }
+        if validate:
+            bar.step("reference outputs")
+            cases = reference_cases(ref, max_frames)
+        del ref  # the PyTorch model is gone before any ONNX session is made: peak RAM is one model
+        _release_memory()
+        if validate:
+            manifest["validation"] = compare(root, manifest, cases, device, on_step=lambda n: bar.step(f"validate {n}"))
+        manifest["export_seconds"] = round(time.perf_counter() - started, 2)
+        write_manifest(root, manifest)
+        bar.close()
+        return read_manifest(root)
+    except BaseException:
+        bar.abort()  # the error message starts on its own line
+        raise
 
 
 def _release_memory() -> None:
@@ -228,4 +232,7 @@ class _Stages:
 
     def close(self) -> None:
         self.bar.update(1)
+        self.bar.close()
+
+    def abort(self) -> None:
         self.bar.close()
