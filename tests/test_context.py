@@ -1,0 +1,145 @@
+"""--max-context: the decoder's KV cache and attention buffers sized for the job, the KV-bytes
+function the README tables, RoPE handed to the builder, the overflow policy at both edges, and the
+stale scratch directories a killed export leaves."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sfedge.context import DEFAULT_MAX_CONTEXT, kv_cache_bytes, resolve_max_context, rope_for_context
+from sfedge.errors import SfedgeError
+
+GIB, MIB = 1 << 30, 1 << 20
+# (layers, KV heads, head dim) from the published configs
+MODELS = {"Vicuna-7B": (32, 32, 128), "Mistral-7B": (32, 8, 128), "Yi-34B": (60, 8, 128)}
+
+
+def test_kv_cache_bytes_for_the_three_models():
+    got = {name: kv_cache_bytes(*shape, DEFAULT_MAX_CONTEXT, "float16") for name, shape in MODELS.items()}
+    assert [got[n]["per_token"] for n in MODELS] == [512 * 1024, 128 * 1024, 240 * 1024]
+    assert [got[n]["total"] for n in MODELS] == [2 * GIB, 512 * MIB, 960 * MIB]
+    assert kv_cache_bytes(*MODELS["Mistral-7B"], 32768, "float16")["total"] == 4 * GIB  # the checkpoint's own
+    assert kv_cache_bytes(*MODELS["Mistral-7B"], 4096, "float32")["total"] == GIB
+    with pytest.raises(ValueError):
+        kv_cache_bytes(1, 1, 1, 1, "int3")
+
+
+def test_context_resolution_and_rope():
+    assert resolve_max_context(None, 32768) == 4096 and resolve_max_context(None, 2048) == 2048
+    assert resolve_max_context(100, 32768) == 100
+    for bad in (0, 32769):
+        with pytest.raises(SfedgeError, match="max_position_embeddings 32768"):
+            resolve_max_context(bad, 32768)
+    dynamic = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
+    assert rope_for_context(dynamic, 4096, 4096)[0] == {"rope_type": "default", "rope_theta": 10000.0}
+    linear = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
+    assert rope_for_context(linear, 4096, 4096)[0] == linear
+
+
+def test_dynamic_rope_equals_plain_rope_below_the_checkpoint_context():
+    """SPEC 1's claim, on transformers' own rotary embedding: dynamic NTK scaling (factor 2) gives
+    the plain cos / sin at every position below max_position_embeddings."""
+    import torch
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    kw = dict(hidden_size=64, num_attention_heads=4, max_position_embeddings=256)
+    plain = LlamaRotaryEmbedding(LlamaConfig(**kw))
+    dyn = LlamaRotaryEmbedding(LlamaConfig(rope_scaling={"rope_type": "dynamic", "factor": 2.0}, **kw))
+    x, pos = torch.zeros(1, 256, 64), torch.arange(256)[None]
+    for a, b in zip(plain(x, pos), dyn(x, pos)):
+        assert torch.equal(a, b)
+
+
+def test_a_32k_checkpoint_exports_with_the_chosen_context(engines_sp_mistral, clip_path):
+    """llava-v1.6-mistral's max_position_embeddings 32,768, default --max-context: the manifest, the
+    builder's config, the rotary caches in the graph and the KV buffers the running decoder
+    allocated all hold 4,096 positions."""
+    import json
+
+    import onnx
+
+    from sfedge.manifest import load_manifest
+    from sfedge.runtime.pipeline import Pipeline
+    from sfedge.spec import GenerationSpec
+
+    m = load_manifest(engines_sp_mistral)
+    assert m["context"]["max_context"] == 4096 and m["context"]["checkpoint_max_position_embeddings"] == 32768
+    assert m["model"]["max_length"] == 4096 and m["components"]["llm"]["kv_cache"]["max_length"] == 4096
+    assert m["context"]["kv_cache"] == kv_cache_bytes(2, 2, 16, 4096, "float32")
+    assert m["context"]["rope"]["builder"]["rope_type"] == "default"
+    genai = json.loads((engines_sp_mistral / "llm" / "genai_config.json").read_text())
+    assert genai["model"]["context_length"] == 4096
+    graph = onnx.load(str(engines_sp_mistral / "llm" / "model.onnx"), load_external_data=False).graph
+    assert {i.name: list(i.dims) for i in graph.initializer if i.name in ("cos_cache", "sin_cache")} == \
+           {"cos_cache": [4096, 8], "sin_cache": [4096, 8]}
+    pipe = Pipeline(engines_sp_mistral)
+    pipe.ask(clip_path, "What is moving?", gen=GenerationSpec(max_new_tokens=2))
+    shapes = {tuple(v.shape()) for v in pipe.decoder.kv.values()}  # the running decoder's KV buffers
+    assert shapes == {(1, 2, 4096, 16)}
+
+
+def test_max_context_above_the_checkpoint_is_refused(sp_mistral_dir, tmp_path, capsys):
+    from sfedge.cli import main
+
+    assert main(["export", str(sp_mistral_dir), str(tmp_path / "e"), "--max-context", "40000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["sfedge export: error: --max-context must be between 1 and the checkpoint's "
+                   "max_position_embeddings 32768, got 40000"]
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def small_context(tmp_path_factory, tiny_dir, pipeline_fp32, short_clips):
+    """Tiny engines whose context holds the 3-frame prompt plus 4 positions, exported into a parent
+    that holds scratch directories of a dead export and of a live one."""
+    from sfedge.export import export_model
+    from sfedge.spec import GenerationSpec
+
+    clip, question = short_clips["mp4-3"], "What is moving in the video?"
+    visual = pipeline_fp32.ask(clip, question, gen=GenerationSpec(max_new_tokens=1)).num_visual_tokens
+    prompt = len(pipeline_fp32.prompt_ids(question)) - 1 + visual  # one <image> id -> the visual tokens
+    parent = tmp_path_factory.mktemp("small-context")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = [parent / f"old.partial-{dead_pid}-abc_1234", parent / f".sfedge-text-{dead_pid}-xyz98765"]
+    kept = [parent / f"busy.partial-{os.getpid()}-live0001", parent / "legacy.partial-nopid123"]
+    for d in stale + kept:
+        (d / "sub").mkdir(parents=True)
+    out = parent / "engines"
+    export_model(tiny_dir, out, validate=False, progress=False, max_context=prompt + 4)
+    return {"engines": out, "clip": clip, "question": question, "prompt": prompt, "stale": stale, "kept": kept}
+
+
+def test_a_killed_exports_leftovers_are_removed_and_no_live_ones(small_context):
+    assert not any(d.exists() for d in small_context["stale"])
+    assert all(d.exists() for d in small_context["kept"])
+
+
+def test_generation_that_reaches_the_context_stops_with_length(small_context):
+    from sfedge.runtime.pipeline import Pipeline
+    from sfedge.spec import GenerationSpec
+
+    c = small_context
+    pipe = Pipeline(c["engines"])
+    assert pipe.manifest["model"]["max_length"] == c["prompt"] + 4
+    result = pipe.ask(c["clip"], c["question"], gen=GenerationSpec(max_new_tokens=50, ignore_eos=True))
+    assert result.stop_reason == "length", result.stop_reason  # (before the lead's merge: "cache_full")
+    assert 1 <= len(result.token_ids) <= 5
+
+
+def test_a_prompt_that_does_not_fit_is_refused_with_the_numbers(small_context):
+    from sfedge.runtime.pipeline import Pipeline
+    from sfedge.spec import GenerationSpec
+
+    c = small_context
+    pipe = Pipeline(c["engines"])
+    longer = c["question"] + " Describe every shape, its colour and where it goes, in order."
+    with pytest.raises(SfedgeError) as e:
+        pipe.ask(c["clip"], longer, gen=GenerationSpec(max_new_tokens=8))
+    message = str(e.value)
+    assert "\n" not in message and str(c["prompt"] + 4) in message, message
