@@ -160,7 +160,8 @@ class SlowFastLlava:
         generator = None
         if not gen.greedy and gen.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(gen.seed)
-        out = lm(inputs_embeds=inputs_embeds, use_cache=True)
+        cache = new_cache(lm)  # one DynamicCache, updated in place by every call
+        out = lm(inputs_embeds=inputs_embeds, use_cache=True, **cache)
         ids: list[int] = []
         while len(ids) < gen.max_new_tokens:
             logits = self.model.lm_head(out.last_hidden_state[0, -1]).float()
@@ -173,7 +174,7 @@ class SlowFastLlava:
             if len(ids) == gen.max_new_tokens:
                 break
             step = self._embed([token]).unsqueeze(0)
-            out = lm(inputs_embeds=step, past_key_values=out.past_key_values, use_cache=True)
+            out = lm(inputs_embeds=step, use_cache=True, **cache)
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -204,6 +205,19 @@ class SlowFastLlava:
         """[len(ids), D] token embeddings."""
         table = self.model.model.language_model.get_input_embeddings()
         return table(torch.tensor(list(ids), dtype=torch.long, device=self.device))
+
+
+def new_cache(lm) -> dict:
+    """{argument name: a new DynamicCache} for `lm`'s forward. transformers' current API names the
+    KV-cache argument `cache` (5.24 deprecates `past_key_values`, to be removed in 5.40); the 5.x
+    releases before the rename call it `past_key_values`. The cache object is mutated in place by
+    each call, so the caller never reads it back from the outputs (whose field was renamed too)."""
+    import inspect
+
+    from transformers import DynamicCache
+
+    name = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+    return {name: DynamicCache(config=lm.config)}
 
 
 class _Upcast(torch.nn.Module):
