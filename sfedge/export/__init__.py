@@ -11,6 +11,10 @@ OUT holds:
     tokenizer/                the checkpoint's tokenizer files
     manifest.json             the contract (sfedge/manifest.py), incl. the validation report
 
+First the tokenizer guard (tokenizer_guard.py): the runtime's tokenizer.json against the
+checkpoint's own SentencePiece tokenizer on the prompt chunks; a difference fails the export in
+seconds. The decoder is built for `max_context` positions (sfedge/context.py).
+
 Order keeps peak RAM near one model: the text checkpoint is streamed shard by shard, the builder
 runs in a subprocess while this process holds no weights, and only then is the PyTorch reference
 loaded (vision / slowfast export, then every expected output for validation); it is freed before
@@ -18,7 +22,8 @@ the ONNX sessions that validation runs are made. The reference computes in fp32 
 LLM's weights in the checkpoint's dtype (`lazy_upcast`, bit-identical results), so it holds about
 the checkpoint's size, not twice it. Everything is built in `OUT.partial-*` beside
 OUT and renamed to OUT only after validation passed; on any failure the partial directory is
-removed, and with --force an existing OUT is replaced only then.
+removed, and with --force an existing OUT is replaced only then. Scratch names carry the process
+id: a killed export's leftovers are removed by the next export into the same parent (leftovers.py).
 """
 
 from __future__ import annotations
