@@ -143,3 +143,13 @@ def test_a_prompt_that_does_not_fit_is_refused_with_the_numbers(small_context):
         pipe.ask(c["clip"], longer, gen=GenerationSpec(max_new_tokens=8))
     message = str(e.value)
     assert "\n" not in message and str(c["prompt"] + 4) in message, message
+
+
+def test_a_validated_export_refuses_a_context_its_chain_cannot_fit(tiny_dir, tmp_path):
+    """Validation runs the 50-frame prompt (3,680 visual tokens + text): a smaller --max-context is
+    refused before anything is built, with the numbers."""
+    from sfedge.export import export_model
+
+    with pytest.raises(SfedgeError, match=r"--max-context 3000 cannot hold the validation prompt \(37\d\d tokens"):
+        export_model(tiny_dir, tmp_path / "e", max_context=3000, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -121,6 +121,9 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
         tokenizer_files = llm_mod.copy_tokenizer(ckpt, root / "tokenizer")
         family = detect_family(TextTokenizer(root / "tokenizer").vocab())
         tokenizer_guard = guard(ckpt, root / "tokenizer", family, allow_tokenizer_mismatch)
+        if validate:
+            _check_chain_fits(root / "tokenizer", family, slowfast, min(SamplingSpec().num_frames, max_frames),
+                              context["max_context"])
         bar.step("text model")
         emb_dtype = llm_mod.io_dtype(precision, device)
         with tempfile.TemporaryDirectory(prefix=scratch_prefix(".sfedge-text"), dir=root.parent) as scratch:
@@ -196,6 +199,22 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
     except BaseException:
         bar.abort()  # the error message starts on its own line
         raise
+
+
+def _check_chain_fits(tokenizer_dir: Path, family: str, slowfast: SlowFastSpec, frames: int, context: int) -> None:
+    """Validation's chain runs the whole prompt (text + visual tokens of `frames` frames): refuse a
+    --max-context it cannot fit, before anything is built (exit 2)."""
+    from ..prompts import build_prompt, tokenize_prompt
+    from ..runtime.tokenizer import TextTokenizer
+    from .validate import CHAIN_QUESTION
+
+    tok = TextTokenizer(tokenizer_dir)
+    bos = (tok.encode("") or [None])[0]  # the BOS the tokenizer adds, if any (kept on the first chunk only)
+    ids = tokenize_prompt(build_prompt(CHAIN_QUESTION, None, family), tok.encode, bos, -1)
+    need = len(ids) - 1 + slowfast.num_tokens(frames)
+    if need >= context:
+        raise SfedgeError(f"--max-context {context} cannot hold the validation prompt ({need} tokens: {frames} frames "
+                          f"+ text); raise it, lower --max-frames, or use --no-validate")
 
 
 def _release_memory() -> None:

@@ -136,7 +136,10 @@ def _reference_logits(ref, embeds: np.ndarray) -> np.ndarray:
         return ref.model.lm_head(hidden).float().cpu().numpy()
 
 
-def reference_cases(ref, max_frames: int, question: str = "What is happening in the video?", seed: int = 0) -> dict:
+CHAIN_QUESTION = "What is happening in the video?"
+
+
+def reference_cases(ref, max_frames: int, question: str = CHAIN_QUESTION, seed: int = 0) -> dict:
     """Phase 1, PyTorch only: every input the checks feed and every expected output, as numpy.
     Computing them all first lets the caller free the reference before any ONNX session is made,
     so peak RAM is one model (the reference or the decoder), not both."""
