@@ -112,3 +112,18 @@ def test_transformers5_conversion_is_caught(sp_mistral_dir, tmp_path):
     AutoTokenizer.from_pretrained(src).save_pretrained(tmp_path / "v5")
     with pytest.raises(ValidationError, match="Leading and trailing|padded"):
         guard(sp_mistral_dir, tmp_path / "v5", "vicuna")
+
+
+def test_a_checkpoint_without_tokenizer_json_gets_one_that_passes(sp_chatml_dir, tmp_path):
+    """copy_tokenizer converts tokenizer.model as transformers 4.x did (spm_convert): the guard passes
+    (transformers 5's plain conversion would not: test_transformers5_conversion_is_caught)."""
+    from sfedge.export.llm import copy_tokenizer
+    from sfedge.export.tokenizer_guard import guard
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy2(sp_chatml_dir / name, ckpt / name)
+    files = copy_tokenizer(ckpt, tmp_path / "tok")
+    assert "tokenizer.json" in files
+    assert guard(ckpt, tmp_path / "tok", "chatml")["passed"]

@@ -155,8 +155,9 @@ def save_text_checkpoint(ckpt: Path, dst: Path, embeddings_path: Path, embedding
 
 
 def copy_tokenizer(ckpt: Path, dst: Path) -> list[str]:
-    """Copy the tokenizer files that exist; a checkpoint without tokenizer.json gets one written by
-    transformers' fast tokenizer (the runtime reads tokenizer.json with `tokenizers`)."""
+    """Copy the tokenizer files that exist; a checkpoint without tokenizer.json gets one converted
+    from its tokenizer.model as transformers 4.x did (`spm_convert`), else written by transformers'
+    tokenizer (the runtime reads tokenizer.json with `tokenizers`; the guard checks either)."""
     dst.mkdir(parents=True, exist_ok=True)
     copied = []
     for name in TOKENIZER_FILES:
@@ -164,9 +165,14 @@ def copy_tokenizer(ckpt: Path, dst: Path) -> list[str]:
             shutil.copy2(ckpt / name, dst / name)
             copied.append(name)
     if "tokenizer.json" not in copied:
-        from transformers import AutoTokenizer
+        if "tokenizer.model" in copied:
+            from .spm_convert import convert
 
-        AutoTokenizer.from_pretrained(ckpt).save_pretrained(dst)
+            convert(ckpt, dst)
+        else:
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(ckpt).save_pretrained(dst)
         copied = sorted(p.name for p in dst.iterdir())
     return copied
 

@@ -6,7 +6,7 @@ model instead (the caller passes it: the tests take Mistral-7B's `tokenizer.mode
 `mistral-common` wheel) and the files llava-hf ships beside it:
 
     tokenizer.model        the SentencePiece model (what LLaVA's slow tokenizer reads)
-    tokenizer.json         converted from it (transformers, merges ranked as its 4.x converter did:
+    tokenizer.json         converted from it as transformers 4.x did (`export/spm_convert.py`:
                            what llava-hf ships; what sfedge's runtime reads)
     tokenizer_config.json  llava-hf's: LlamaTokenizer, legacy, add_bos_token, added_tokens_decoder
     special_tokens_map.json
@@ -55,31 +55,13 @@ def tokenizer_config(base_vocab: int, family: str, legacy: bool = True) -> dict:
     }
 
 
-def spm_merges(sp_model: Path) -> list[tuple[str, str]]:
-    """BPE merges for a SentencePiece BPE model in the order transformers 4.x's LlamaConverter wrote
-    them (the hub's llava-hf tokenizer.json files): for each piece in id order, its (left, right)
-    splits that are both pieces, sorted by their ids; then a stable sort by the merged piece's score,
-    highest first. transformers 5.24's own conversion ranks the whitespace-run pieces (score -1e9)
-    first instead, which tokenizes runs of spaces differently from SentencePiece (the tokenizer
-    guard catches it)."""
-    import sentencepiece as spm
-
-    sp = spm.SentencePieceProcessor(model_file=str(sp_model))
-    vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
-    merges = []
-    for piece, i in vocab.items():
-        local = [(piece[:k], piece[k:], sp.get_score(i)) for k in range(1, len(piece))
-                 if piece[:k] in vocab and piece[k:] in vocab]
-        merges += sorted(local, key=lambda m: (vocab[m[0]], vocab[m[1]]))
-    merges.sort(key=lambda m: m[2], reverse=True)
-    return [(left, right) for left, right, _ in merges]
-
-
 def write_tokenizer(out: Path, sp_model: Path, family: str, legacy: bool = True) -> dict[str, int]:
     """tokenizer.model, tokenizer_config.json, special_tokens_map.json and a tokenizer.json converted
     by transformers from the SentencePiece model; returns the special tokens' ids."""
     import sentencepiece as spm
     from transformers import AutoTokenizer
+
+    from ..export.spm_convert import convert
 
     if family not in FAMILIES:
         raise SfedgeError(f"family must be one of {FAMILIES}, got {family!r}")
@@ -92,18 +74,10 @@ def write_tokenizer(out: Path, sp_model: Path, family: str, legacy: bool = True)
     if config["additional_special_tokens"]:
         special_map["additional_special_tokens"] = config["additional_special_tokens"]
     (out / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n")
-    with tempfile.TemporaryDirectory() as tmp:  # transformers converts tokenizer.model -> tokenizer.json
-        for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
-            shutil.copyfile(out / name, Path(tmp) / name)
-        tok = AutoTokenizer.from_pretrained(tmp)
-        tok.save_pretrained(Path(tmp) / "saved")
-        converted = json.loads((Path(tmp) / "saved" / "tokenizer.json").read_text())
-    converted["model"]["merges"] = [list(m) for m in spm_merges(sp_model)]  # as transformers 4.x wrote them
-    if legacy:  # 4.x's legacy normalizer: always prepend "▁" (Metaspace skips text that starts with a space)
-        converted["normalizer"] = {"type": "Sequence", "normalizers": [
-            {"type": "Prepend", "prepend": "\u2581"}, {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}
-        converted["pre_tokenizer"] = None
-    (out / "tokenizer.json").write_text(json.dumps(converted, ensure_ascii=False, indent=2) + "\n")
+    with tempfile.TemporaryDirectory() as tmp:  # tokenizer.model -> tokenizer.json as transformers 4.x did
+        convert(out, Path(tmp))
+        shutil.copyfile(Path(tmp) / "tokenizer.json", out / "tokenizer.json")
+    tok = AutoTokenizer.from_pretrained(out)
     ids = {t["content"]: int(i) for i, t in config["added_tokens_decoder"].items()}
     got = {t: tok.convert_tokens_to_ids(t) for t in ids}
     if got != ids:
