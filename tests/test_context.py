@@ -4,6 +4,8 @@ stale scratch directories a killed export leaves."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -93,10 +95,36 @@ def test_max_context_above_the_checkpoint_is_refused(sp_mistral_dir, tmp_path, c
     assert not any(tmp_path.iterdir())
 
 
+def _kill_export_midway(ckpt, parent, timeout=300.0) -> list:
+    """Start `sfedge export` in a subprocess, SIGKILL it once both its scratch directories exist,
+    return them (left behind, as after a crash or an OOM kill)."""
+    import signal
+    import time
+
+    env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "sfedge.cli", "export", str(ckpt), str(parent / "killed"),
+                             "--no-validate"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            left = sorted(parent.glob(f"killed.partial-{proc.pid}-*")) + sorted(parent.glob(f".sfedge-text-{proc.pid}-*"))
+            if len(left) == 2:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return left
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    pytest.fail("the export subprocess ended or timed out before both scratch directories existed")
+
+
 @pytest.fixture(scope="module")
 def small_context(tmp_path_factory, tiny_dir, pipeline_fp32, short_clips):
     """Tiny engines whose context holds the 3-frame prompt plus 4 positions, exported into a parent
-    that holds scratch directories of a dead export and of a live one."""
+    that holds the scratch directories of a killed export, of a live one (another process) and one
+    without a process id."""
     from sfedge.export import export_model
     from sfedge.spec import GenerationSpec
 
@@ -104,20 +132,31 @@ def small_context(tmp_path_factory, tiny_dir, pipeline_fp32, short_clips):
     visual = pipeline_fp32.ask(clip, question, gen=GenerationSpec(max_new_tokens=1)).num_visual_tokens
     prompt = len(pipeline_fp32.prompt_ids(question)) - 1 + visual  # one <image> id -> the visual tokens
     parent = tmp_path_factory.mktemp("small-context")
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(dead.stdout)
-    stale = [parent / f"old.partial-{dead_pid}-abc_1234", parent / f".sfedge-text-{dead_pid}-xyz98765"]
-    kept = [parent / f"busy.partial-{os.getpid()}-live0001", parent / "legacy.partial-nopid123"]
-    for d in stale + kept:
-        (d / "sub").mkdir(parents=True)
-    out = parent / "engines"
-    export_model(tiny_dir, out, validate=False, progress=False, max_context=prompt + 4)
-    return {"engines": out, "clip": clip, "question": question, "prompt": prompt, "stale": stale, "kept": kept}
+    stale = _kill_export_midway(tiny_dir, parent)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        kept = [parent / f"busy.partial-{live.pid}-live0001", parent / f".sfedge-text-{live.pid}-live0002",
+                parent / "legacy.partial-nopid123"]
+        for d in kept:
+            (d / "sub").mkdir(parents=True)
+        out = parent / "engines"
+        said = io.StringIO()
+        with contextlib.redirect_stderr(said):
+            export_model(tiny_dir, out, validate=False, progress=False, max_context=prompt + 4)
+    finally:
+        live.kill()
+        live.wait()
+    return {"engines": out, "clip": clip, "question": question, "prompt": prompt, "stale": stale, "kept": kept,
+            "said": said.getvalue()}
 
 
 def test_a_killed_exports_leftovers_are_removed_and_no_live_ones(small_context):
+    assert all(d.name.startswith(("killed.partial-", ".sfedge-text-")) for d in small_context["stale"])
     assert not any(d.exists() for d in small_context["stale"])
     assert all(d.exists() for d in small_context["kept"])
+    said = small_context["said"].strip().splitlines()  # the export says what it removed, one line each
+    assert sorted(said) == sorted(f"removed {d} (left by export process {d.name.split('-')[-2]}, which is gone)"
+                                  for d in small_context["stale"]), said
 
 
 def test_generation_that_reaches_the_context_stops_with_length(small_context):
