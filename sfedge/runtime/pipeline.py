@@ -135,10 +135,16 @@ class Pipeline:
         """The answer stage's view of these frames: their content key, and their features computed by
         the encoder only if the answer stage asks (the prefix cache may already hold their tokens).
         `keys`: the frames' `frame_key`s when the caller has them."""
+        keys = keys if keys is not None else [frame_key(f) for f in frames]
+        return self.window(keys, lambda: self.encoder.encode(frames, on_device=True, timings=timings))
+
+    def window(self, keys: Sequence[bytes], features) -> Visual:
+        """A window of frames already encoded (live video): the frames' content keys, in order, and a
+        callable giving their features [T, 576, D] (stacked only if the answer stage needs them)."""
         h = hashlib.blake2b(self._visual_salt, digest_size=16)
-        for k in keys if keys is not None else map(frame_key, frames):
+        for k in keys:
             h.update(k)
-        return Visual(h.digest(), len(frames), lambda: self.encoder.encode(frames, on_device=True, timings=timings))
+        return Visual(h.digest(), len(keys), features)
 
     # --- questions --------------------------------------------------------------------------
 
@@ -169,8 +175,10 @@ class Pipeline:
         self.answerer.prompt_ids(question, options)  # a bad question fails before the video is read
         clip = load_video(video, self.spec.sampling.num_frames)
         timings = {"decode_video": (time.perf_counter() - t0) * 1e3}
-        return (yield from self._stream(clip.frames, list(clip.indices), int(clip.total), timings, t0,
-                                        question, options, gen, stop, record_logits))
+        self._check_frames(len(clip.frames))
+        return (yield from self.stream_visual(self.visual(clip.frames, timings), question, options, gen, stop=stop,
+                                              record_logits=record_logits, t0=t0, frame_indices=list(clip.indices),
+                                              num_frames_total=int(clip.total), timings=timings))
 
     def stream_frames(self, frames: Sequence[np.ndarray], question: str, options: Sequence[str] | None = None,
                       gen: GenerationSpec = GenerationSpec(), *, stop: Sequence[str] = (),
@@ -178,17 +186,25 @@ class Pipeline:
                       ) -> Generator[str, None, AskResult]:
         """`stream` over exactly these frames (see `ask_frames`); `keys`: their `frame_key`s, if known."""
         t0 = time.perf_counter()
-        if len(frames) == 0:
-            raise SfedgeError("no frames to answer about")
-        return (yield from self._stream(frames, list(range(len(frames))), len(frames), {"decode_video": 0.0}, t0,
-                                        question, options, gen, stop, record_logits, keys))
+        self._check_frames(len(frames))
+        timings: dict[str, float] = {}
+        return (yield from self.stream_visual(self.visual(frames, timings, keys), question, options, gen, stop=stop,
+                                              record_logits=record_logits, t0=t0, timings=timings))
 
-    def _stream(self, frames, indices, total, timings, t0, question, options, gen, stop, record_logits, keys=None):
-        if self.max_frames and len(frames) > self.max_frames:
-            raise SfedgeError(f"{len(frames)} frames exceed the engines' max_frames {self.max_frames}")
-        answer: Answer = yield from self.answerer.stream(self.visual(frames, timings, keys), question, options, gen,
-                                                         stop=stop, record_logits=record_logits, t0=t0)
+    def stream_visual(self, visual: Visual, question: str, options: Sequence[str] | None = None,
+                      gen: GenerationSpec = GenerationSpec(), *, stop: Sequence[str] = (), record_logits: bool = False,
+                      t0: float | None = None, frame_indices: list[int] | None = None,
+                      num_frames_total: int | None = None, timings: dict[str, float] | None = None
+                      ) -> Generator[str, None, AskResult]:
+        """`stream` over a Visual (`visual` or `window`): the answer stage, wrapped into an AskResult.
+        `t0`: when the request began (ttft counts from there); `timings`: stages measured before."""
+        self._check_frames(visual.num_frames)
+        timings = timings if timings is not None else {}
+        answer: Answer = yield from self.answerer.stream(visual, question, options, gen, stop=stop,
+                                                         record_logits=record_logits, t0=t0)
         timings.update(answer.timings_ms)
+        indices = frame_indices if frame_indices is not None else list(range(visual.num_frames))
+        total = num_frames_total if num_frames_total is not None else visual.num_frames
         self.last_result = AskResult(
             answer=answer.text, token_ids=answer.token_ids, frame_indices=indices, num_frames_total=total,
             num_visual_tokens=answer.num_visual_tokens, prompt_tokens=answer.prompt_tokens,
@@ -197,6 +213,12 @@ class Pipeline:
             stop_reason=answer.stop_reason, choice=answer.choice, options=list(options) if options else None,
             first_logits=answer.first_logits)
         return self.last_result
+
+    def _check_frames(self, n: int) -> None:
+        if n == 0:
+            raise SfedgeError("no frames to answer about")
+        if self.max_frames and n > self.max_frames:
+            raise SfedgeError(f"{n} frames exceed the engines' max_frames {self.max_frames}")
 
 
 def _drain(stream: Generator[str, None, AskResult], on_token) -> AskResult:
