@@ -80,7 +80,7 @@ def bench_engines(cfg: BenchConfig, gen: GenerationSpec, on_cuda: bool) -> SideR
     side = SideResult()
     baseline = gpu_used_mb() if on_cuda else None
     with PeakMonitor(gpu=on_cuda, gpu_baseline_mb=baseline) as mon:
-        pipe = Pipeline(cfg.engines, provider=cfg.provider)
+        pipe = Pipeline(cfg.engines, provider=cfg.provider, prefix_reuse=False)  # every run a cold prefill
         for i in range(cfg.warmup + cfg.runs):
             t0 = time.perf_counter()
             res = pipe.ask(cfg.video, cfg.question, gen=gen)
