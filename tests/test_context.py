@@ -167,7 +167,7 @@ def test_generation_that_reaches_the_context_stops_with_length(small_context):
     pipe = Pipeline(c["engines"])
     assert pipe.manifest["model"]["max_length"] == c["prompt"] + 4
     result = pipe.ask(c["clip"], c["question"], gen=GenerationSpec(max_new_tokens=50, ignore_eos=True))
-    assert result.stop_reason == "length", result.stop_reason  # (before the lead's merge: "cache_full")
+    assert result.stop_reason == "length", result.stop_reason
     assert 1 <= len(result.token_ids) <= 5
 
 
