@@ -1,0 +1,64 @@
+"""Every error the server returns, as an HTTP status and an OpenAI-style body:
+`{"error": {"message", "type", "param", "code"}}`.
+
+Request handling raises `ApiError`; the app's exception handlers (app.py) turn it, pydantic's
+validation errors, Starlette's HTTP errors, `SfedgeError` (bad input found by the runtime: 400) and
+anything unexpected (500, the server stays up) into that body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fastapi.responses import JSONResponse
+
+TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+         404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
+         429: "rate_limit_error", 500: "server_error", 503: "service_unavailable", 504: "timeout"}
+
+
+class ApiError(Exception):
+    """An error for the client: status, one-line message, the request field at fault, a short code."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return error_body(self.status, self.message, self.param, self.code)
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": TYPES.get(status, "invalid_request_error" if status < 500
+                                                             else "server_error"),
+                      "param": param, "code": code}}
+
+
+def from_runtime(message: str) -> ApiError:
+    """A `SfedgeError` from the pipeline (bad video, a prompt beyond the context ...): 400."""
+    code = "context_length_exceeded" if "context holds" in message else "invalid_video" if _about_video(message) \
+        else "invalid_request"
+    return ApiError(400, message, code=code, param="messages" if code != "invalid_request" else None)
+
+
+def _about_video(message: str) -> bool:
+    return any(w in message for w in ("video", "decode", "frames", "image"))
+
+
+def from_validation(errors: Sequence[dict]) -> ApiError:
+    """pydantic's errors (malformed JSON, missing or wrong-typed fields, values out of range): 400 naming
+    the first field at fault, e.g. `messages.0.content`."""
+    if not errors:
+        return ApiError(400, "invalid request body")
+    e = errors[0]
+    if e["type"] == "json_invalid":
+        return ApiError(400, f"the request body is not valid JSON: {e['msg'].removeprefix('Invalid JSON: ')}",
+                        code="invalid_json")
+    loc = ".".join(str(p) for p in e["loc"])
+    where = f"'{loc}': " if loc else "the request body: "
+    return ApiError(400, where + e["msg"], param=loc or None, code="invalid_value" if loc else "invalid_request")
