@@ -48,6 +48,11 @@ class ServeConfig:
     api_key: str | None = None
     tmp_root: Path | None = None  # where the private temporary directory goes (default: $TMPDIR)
 
+    @property
+    def grace(self) -> float:
+        """Seconds that running answers get to finish after SIGTERM before they are cancelled."""
+        return min(self.request_timeout, 60.0)
+
 
 def create_app(config: ServeConfig, load, on_fatal=lambda message: None) -> FastAPI:
     """`load()`: the Pipeline (called on the worker thread, so /health answers 503 meanwhile)."""
@@ -168,7 +173,8 @@ def create_app(config: ServeConfig, load, on_fatal=lambda message: None) -> Fast
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             events = _sse(job, first, rid, config.model_name, include_usage, deadline, worker, metrics, t0,
                           config.request_timeout)
-            return EventSourceResponse(events, sep="\n", ping=15)
+            # on SIGTERM a running stream finishes (up to `grace` s), then it is cancelled
+            return EventSourceResponse(events, sep="\n", ping=15, shutdown_grace_period=config.grace)
         event = first
         while event[0] == "piece":
             try:

@@ -55,10 +55,23 @@ def from_validation(errors: Sequence[dict]) -> ApiError:
     the first field at fault, e.g. `messages.0.content`."""
     if not errors:
         return ApiError(400, "invalid request body")
-    e = errors[0]
-    if e["type"] == "json_invalid":
-        return ApiError(400, f"the request body is not valid JSON: {e['msg'].removeprefix('Invalid JSON: ')}",
+    first = errors[0]
+    if first["type"] == "json_invalid":
+        return ApiError(400, f"the request body is not valid JSON: {first['msg'].removeprefix('Invalid JSON: ')}",
                         code="invalid_json")
-    loc = ".".join(str(p) for p in e["loc"])
+    # a union (content: str | list of parts) reports one error per member: take the deepest, and when
+    # members fail at the same place, say all they would have accepted
+    deepest = max(len(e["loc"]) for e in errors)
+    chosen = [e for e in errors if len(e["loc"]) == deepest]
+    loc = _field(chosen[0]["loc"])
+    msgs = list(dict.fromkeys(e["msg"] for e in chosen if _field(e["loc"]) == loc))
     where = f"'{loc}': " if loc else "the request body: "
-    return ApiError(400, where + e["msg"], param=loc or None, code="invalid_value" if loc else "invalid_request")
+    msg = " or ".join([msgs[0], *(m[0].lower() + m[1:] for m in msgs[1:])])
+    return ApiError(400, where + msg, param=loc or None, code="invalid_value" if loc else "invalid_request")
+
+
+def _field(loc) -> str:
+    """pydantic's location without its union-member names (`str`, `list[...]`, `function-after[...]`)."""
+    parts = [str(p) for p in loc if not (isinstance(p, str) and (p in ("str", "int", "float", "bool") or "[" in p))]
+    # a tagged union repeats the member's tag: content.0.video_url.video_url.url -> content.0.video_url.url
+    return ".".join(p for i, p in enumerate(parts) if i == 0 or p != parts[i - 1])

@@ -1,8 +1,8 @@
 """Run the app on uvicorn: engines loaded on the worker thread, SIGTERM handled gracefully.
 
-SIGTERM / SIGINT: uvicorn stops accepting connections and lets running responses finish (up to
-`grace` seconds, then cancels them); the lifespan's shutdown then cancels waiting requests and stops
-the running generation after its current token; the process exits 0.
+SIGTERM / SIGINT: uvicorn stops accepting connections and lets the requests it has accepted finish
+(up to `config.grace` seconds, then cancels them); the lifespan's shutdown then cancels what still
+waits and stops a running generation after its current token; the process exits 0.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from ..errors import SfedgeError
 from .app import ServeConfig, create_app
 
 
-def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info",
-          grace: float | None = None) -> int:
+def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info") -> int:
     from ..runtime.pipeline import Pipeline
 
     fatal: list[str] = []
@@ -31,7 +30,7 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, *, log
 
     app = create_app(config, lambda: Pipeline(config.engines, provider=config.provider), on_fatal)
     uv = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
-                        timeout_graceful_shutdown=grace if grace is not None else min(config.request_timeout, 60.0),
+                        timeout_graceful_shutdown=config.grace + 5,
                         access_log=log_level == "debug")
     server = holder["server"] = uvicorn.Server(uv)
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), format="%(levelname)s: %(message)s")
