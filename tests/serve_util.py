@@ -1,48 +1,22 @@
-"""Start `python -m sfedge serve` as a real subprocess on a free loopback port (tests and scripts)."""
+"""The real `sfedge serve` in a subprocess (sfedge.serve.launch), with what the tests look at."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 
+from sfedge.serve.launch import ServerProcess
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
+class Server(ServerProcess):
     def __init__(self, engines, *args: str, tmp: Path, env: dict | None = None, timeout: float = 120):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.tmp = Path(tmp)
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self.log = self.tmp.parent / f"server-{self.port}.log"
-        environ = {**os.environ, "TMPDIR": str(self.tmp), "PYTHONPATH": str(ROOT), **(env or {})}
-        cmd = [sys.executable, "-m", "sfedge", "serve", str(engines), "--port", str(self.port), *args]
-        self.proc = subprocess.Popen(cmd, stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=environ)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"the server was not healthy within {timeout} s:\n{self.log.read_text()}")
+        super().__init__(engines, *args, log=self.tmp.parent / "server.log", timeout=timeout,
+                         env={"TMPDIR": str(self.tmp), "PYTHONPATH": str(ROOT), **(env or {})})
 
     def temp_files(self) -> list[Path]:
         """Everything under the server's private temporary directories."""
@@ -55,12 +29,3 @@ class Server:
             if line.startswith(key + " "):
                 return float(line.split()[-1])
         return 0.0
-
-    def terminate(self, timeout: float = 60) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)

@@ -6,6 +6,10 @@ enough to be caught mid-way; the tiny model is otherwise too fast."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve_util import Server
+from serve_util import ROOT, Server
+from sfedge.serve.launch import free_port
 
 pytestmark = pytest.mark.slow
 KEY = "s3cret"
@@ -54,6 +59,21 @@ def stream_lines(srv, max_tokens: int, out: list, started: threading.Event | Non
                 out.append(line)
                 if started is not None and '"content"' in line and '"role"' not in line:
                     started.set()
+
+
+def test_health_is_503_until_warmed_up(server):
+    assert 503 in server.seen and server.seen[-1] == 200  # uvicorn listened before the engines were ready
+
+
+def test_engines_that_fail_to_load_exit_2(engines_fp32, tmp_path):
+    broken = tmp_path / "engines"
+    shutil.copytree(engines_fp32, broken)
+    with (broken / "embeddings.npy").open("ab") as f:
+        f.write(b"\0")  # the manifest's sha256 no longer matches
+    out = subprocess.run([sys.executable, "-m", "sfedge", "serve", str(broken), "--port", str(free_port())],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("sfedge serve: error:") and "Traceback" not in out.stderr
 
 
 def test_bearer_key(server):
