@@ -7,12 +7,14 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from serve_util import Server
+from serve_util import ROOT, Server
 from sfedge.spec import GenerationSpec
 
 openai = pytest.importorskip("openai")
@@ -241,3 +243,15 @@ def test_serve_sources_import_no_torch():
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
                 assert not any(re.match(r"(torch|transformers)\b", n) for n in names), path.name
+
+
+def test_load_script_short(server, video, clip_path):
+    """The CI version of scripts/serve_load.py: 20 streamed requests, 8 at a time, none failed, no 5xx."""
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "serve_load.py"), "--url", server.url,
+                          "--pid", str(server.pid), str(video), str(clip_path), "--requests", "20",
+                          "--concurrency", "8", "--warmup", "2", "--max-rss-growth", "-1", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["ok"] == 20 and report["failed"] == 0 and report["server_errors_5xx"] == 0
+    assert report["ttft_s"]["p50"] <= report["latency_s"]["p50"] and report["rss_mb"]["end"] > 0

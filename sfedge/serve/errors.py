@@ -41,13 +41,16 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
 
 def from_runtime(message: str) -> ApiError:
     """A `SfedgeError` from the pipeline (bad video, a prompt beyond the context ...): 400."""
-    code = "context_length_exceeded" if "context holds" in message else "invalid_video" if _about_video(message) \
-        else "invalid_request"
-    return ApiError(400, message, code=code, param="messages" if code != "invalid_request" else None)
+    if "context holds" in message:
+        return ApiError(400, message, param="messages", code="context_length_exceeded")
+    if message.startswith(VIDEO_ERRORS) or " frames exceed the engines' max_frames" in message:
+        return ApiError(400, message, param="messages", code="invalid_video")
+    return ApiError(400, message, code="invalid_request")
 
 
-def _about_video(message: str) -> bool:
-    return any(w in message for w in ("video", "decode", "frames", "image"))
+# how runtime/video.py's and pipeline.py's messages about an unusable video begin
+VIDEO_ERRORS = ("cannot decode", "cannot read", "cannot seek", "not a readable video", "no video", "video not found",
+                "no image files", "no frames", "the video")
 
 
 def from_validation(errors: Sequence[dict]) -> ApiError:

@@ -81,7 +81,7 @@ class ChatRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=2**64)
     stop: str | list[str] | None = None
     n: int | None = Field(None, ge=1, le=1)
     options: list[str] | None = Field(None, min_length=2, max_length=26)

@@ -207,8 +207,8 @@ class Worker:
                     m.cancelled.labels(job.reason).inc()
                     job.emit("cancelled")
                     return
-        except SfedgeError as e:
-            job.emit("error", e)
+        except SfedgeError as e:  # named "the video", not by the server's file name for it
+            job.emit("error", SfedgeError(str(e).replace(str(task.video), "the video")))
         except Exception as e:  # noqa: BLE001 - one request fails, the server stays up
             log.exception("answering failed")
             job.emit("error", e)
