@@ -9,6 +9,7 @@ requests and at the end. Exit code 1 when a request failed, a 5xx came back, or 
 --max-rss-growth percent after warm-up.
 
     python scripts/serve_load.py ENGINES VIDEO [VIDEO ...] --requests 200 --concurrency 8 --json
+    python scripts/serve_load.py ENGINES VIDEO [VIDEO ...] --requests 200 --direct --json   # no HTTP: the floor
 """
 
 from __future__ import annotations
@@ -109,6 +110,32 @@ async def run_load(url: str, model: str, videos: list[Path], n: int, concurrency
     return report
 
 
+def run_direct(engines: str, videos: list[Path], n: int, max_tokens: int, warmup: int) -> dict:
+    """The same questions through `Pipeline.stream` in this process, one after another: the server's floor."""
+    from sfedge.runtime.pipeline import Pipeline
+    from sfedge.spec import GenerationSpec
+
+    pipe = Pipeline(engines)
+    gen = GenerationSpec(max_new_tokens=max_tokens)
+
+    def one(i: int) -> tuple[float, float, int]:
+        t0 = time.perf_counter()
+        ttft = None
+        stream = pipe.stream(videos[i % len(videos)], f"Question {i}: what happens in this video?", gen=gen)
+        for _ in stream:
+            ttft = ttft or time.perf_counter() - t0
+        return time.perf_counter() - t0, ttft or 0.0, len(pipe.last_result.token_ids)
+
+    for i in range(warmup):
+        one(-1 - i)
+    t0 = time.perf_counter()
+    runs = [one(i) for i in range(n)]
+    wall = time.perf_counter() - t0
+    return {"mode": "direct", "requests": n, "max_tokens": max_tokens, "videos": len(videos), "wall_s": round(wall, 3),
+            "requests_per_s": round(n / wall, 3), "tokens_per_s": round(sum(r[2] for r in runs) / wall, 2),
+            "latency_s": percentiles([r[0] for r in runs]), "ttft_s": percentiles([r[1] for r in runs])}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("engines", nargs="?", help="engines directory (a server is started; omit with --url)")
@@ -122,8 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--warmup", type=int, default=8, help="sequential requests before RSS is first read")
     p.add_argument("--max-rss-growth", type=float, default=5.0, help="percent; exit 1 beyond it (negative: no check)")
+    p.add_argument("--direct", action="store_true",
+                   help="no server: the same questions through Pipeline.stream in this process, sequentially")
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     args = p.parse_args(argv)
+    if args.direct:
+        report = run_direct(args.engines, args.videos, args.requests, args.max_tokens, args.warmup)
+        print(json.dumps(report) if args.json else "\n".join(f"{k}: {v}" for k, v in report.items()))
+        return 0
     if args.url is None and args.engines is None:
         p.error("give ENGINES (a server is started) or --url")
     if args.url is not None and args.engines is not None:

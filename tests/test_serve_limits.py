@@ -46,8 +46,8 @@ def body(srv, max_tokens: int, stream: bool = False) -> dict:
                 {"type": "text", "text": "What happens?"}]}]}
 
 
-def chat(srv, max_tokens: int, **kw) -> httpx.Response:
-    return httpx.post(f"{srv.url}/v1/chat/completions", json=body(srv, max_tokens), headers=AUTH, timeout=60, **kw)
+def chat(srv, max_tokens: int, timeout: float = 60) -> httpx.Response:
+    return httpx.post(f"{srv.url}/v1/chat/completions", json=body(srv, max_tokens), headers=AUTH, timeout=timeout)
 
 
 def stream_lines(srv, max_tokens: int, out: list, started: threading.Event | None = None) -> None:
@@ -121,6 +121,18 @@ def test_disconnect_stops_generation(server):
     assert made < 300 and made <= received + 1 + 0.5 / DELAY  # stopped within the disconnect's detection time
     t = time.monotonic()
     assert chat(server, 2).status_code == 200 and time.monotonic() - t < 5  # the engines are free again
+
+
+def test_disconnect_before_any_byte_stops_generation(server):
+    """A plain (non-streamed) request whose client gives up is cancelled too."""
+    cancelled0 = server.metric("sfedge_cancelled_generations_total", 'reason="disconnect"')
+    with pytest.raises(httpx.ReadTimeout):
+        chat(server, 300, timeout=1.0)  # 300 x 50 ms: the client leaves after 1 s
+    deadline = time.monotonic() + 10
+    while server.metric("sfedge_cancelled_generations_total", 'reason="disconnect"') == cancelled0:
+        assert time.monotonic() < deadline, "the generation was not cancelled"
+        time.sleep(0.05)
+    assert server.metric("sfedge_requests_total", 'endpoint="/v1/chat/completions",status="499"') >= 1
 
 
 def test_timeouts(server):

@@ -155,39 +155,32 @@ def create_app(config: ServeConfig, load, on_fatal=lambda message: None) -> Fast
             release()
             raise ApiError(503, str(e), code="unavailable", headers={"Retry-After": "1"}) from None
         deadline = t0 + config.request_timeout
+        gone = asyncio.ensure_future(_disconnected(request))  # until the response starts
         try:
-            first = await _next_event(request, job, deadline, worker)
+            first = await _next_event(job, deadline, worker, gone, config.request_timeout)
+            _raise_error(first)
+            metrics.ttft.observe(time.perf_counter() - t0)
+            rid = new_id()
+            if req.stream:
+                gone.cancel()  # sse-starlette watches for the disconnect from here on
+                include_usage = bool(req.stream_options and req.stream_options.include_usage)
+                events = _sse(job, first, rid, config.model_name, include_usage, deadline, worker, metrics, t0,
+                              config.request_timeout)
+                # on SIGTERM a running stream finishes (up to `grace` s), then it is cancelled
+                return EventSourceResponse(events, sep="\n", ping=15, shutdown_grace_period=config.grace)
+            event = first
+            while event[0] == "piece":
+                event = await _next_event(job, deadline, worker, gone, config.request_timeout)
+                _raise_error(event)
+            metrics.latency.observe(time.perf_counter() - t0)
+            return completion(rid, config.model_name, event[1])
         except _ClientGone:
-            return Response(status_code=499)
+            return Response(status_code=499)  # nobody reads it; the metrics count it
         except BaseException:
-            worker.withdraw(job, "disconnect")
+            worker.withdraw(job, "disconnect")  # a no-op once the job is done
             raise
-        if first is None:  # timed out before anything came
-            worker.withdraw(job, "timeout")
-            raise ApiError(504, f"no answer within the server's request timeout ({config.request_timeout:g} s)",
-                           code="timeout")
-        _raise_error(first)
-        metrics.ttft.observe(time.perf_counter() - t0)
-        rid = new_id()
-        if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            events = _sse(job, first, rid, config.model_name, include_usage, deadline, worker, metrics, t0,
-                          config.request_timeout)
-            # on SIGTERM a running stream finishes (up to `grace` s), then it is cancelled
-            return EventSourceResponse(events, sep="\n", ping=15, shutdown_grace_period=config.grace)
-        event = first
-        while event[0] == "piece":
-            try:
-                event = await _next_event(request, job, deadline, worker)
-            except _ClientGone:
-                return Response(status_code=499)
-            if event is None:
-                worker.withdraw(job, "timeout")
-                raise ApiError(504, f"no answer within the server's request timeout ({config.request_timeout:g} s)",
-                               code="timeout")
-            _raise_error(event)
-        metrics.latency.observe(time.perf_counter() - t0)
-        return completion(rid, config.model_name, event[1])
+        finally:
+            gone.cancel()
 
     return app
 
@@ -237,22 +230,20 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _next_event(request: Request, job: Job, deadline: float, worker: Worker):
-    """The job's next event, None at the deadline; cancels the job if the client leaves meanwhile."""
+async def _next_event(job: Job, deadline: float, worker: Worker, gone: asyncio.Future, timeout: float):
+    """The job's next event. At the deadline the job is cancelled and the answer is 504; if the client
+    leaves meanwhile (`gone` completes), the job is cancelled and _ClientGone raised."""
     get = asyncio.ensure_future(job.events.get())
-    gone = asyncio.ensure_future(_disconnected(request))
-    try:
-        done, _ = await asyncio.wait({get, gone}, timeout=max(0.0, deadline - time.perf_counter()),
-                                     return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
+    done, _ = await asyncio.wait({get, gone}, timeout=max(0.0, deadline - time.perf_counter()),
+                                 return_when=asyncio.FIRST_COMPLETED)
     if get in done:
         return get.result()
     get.cancel()
     if gone in done:
         worker.withdraw(job, "disconnect")
         raise _ClientGone()
-    return None
+    worker.withdraw(job, "timeout")
+    raise ApiError(504, f"no answer within the server's request timeout ({timeout:g} s)", code="timeout")
 
 
 async def _disconnected(request: Request) -> None:
