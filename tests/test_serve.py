@@ -126,6 +126,11 @@ def test_multi_turn_answers_each_turn_fresh_and_reuses_the_prefill(client, pipel
     assert r3.model_extra["sfedge"]["token_ids"] == first.token_ids
 
 
+def test_default_max_tokens_is_128(client, video):
+    r = client.chat.completions.create(model=MODEL, messages=[user("Go on.", video_part(video))])
+    assert r.usage.completion_tokens == 128 and r.choices[0].finish_reason == "length"  # tiny never stops early
+
+
 def test_multiple_choice_matches_ask(client, pipeline_fp32, clip_path):
     options = ["a red circle", "a blue square", "nothing"]
     ref = pipeline_fp32.ask(clip_path, "What moves?", options, GenerationSpec(max_new_tokens=5))
@@ -168,6 +173,7 @@ def _bad_requests(video: Path, outside: Path, link: Path) -> list[tuple[str, obj
     url = lambda u: [user("Q?", {"type": "video_url", "video_url": {"url": u}})]  # noqa: E731
     return [
         ("malformed json", b'{"model": "x", "messages": [', 400, None),
+        ("body too large", b"x" * (3 << 20), 413, None),
         ("not an object", b"[]", 400, None),
         ("missing messages", {"model": MODEL}, 400, "messages"),
         ("empty messages", body(messages=[]), 400, "messages"),
