@@ -11,8 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")  # the [serve] extra
 
 from serve_util import ROOT, Server
 from sfedge.spec import GenerationSpec

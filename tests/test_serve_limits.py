@@ -14,8 +14,10 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")  # the [serve] extra
 
 from serve_util import ROOT, Server
 from sfedge.serve.launch import free_port

@@ -16,15 +16,16 @@ def add_arguments(p) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--allowed-dir", action="append", default=[], metavar="DIR",
                    help="file:// video URLs may name files under DIR (repeatable; default: none, file:// refused)")
-    p.add_argument("--max-queue", type=int, default=8, help="requests that may wait for the engines (default 8); "
-                                                             "more get 429 with Retry-After")
-    p.add_argument("--max-upload-mb", type=float, default=64.0,
+    p.add_argument("--max-queue", type=int, default=8, metavar="N",
+                   help="requests that may wait for the engines (default 8); more get 429 with Retry-After")
+    p.add_argument("--max-upload-mb", type=float, default=64.0, metavar="N",
                    help="largest video sent in a request, decoded (default 64)")
-    p.add_argument("--request-timeout", type=float, default=300.0,
+    p.add_argument("--request-timeout", type=float, default=300.0, metavar="S",
                    help="seconds from arrival to the last byte (default 300): 504 before the first byte, "
                         "an error event mid-stream")
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*")
-    p.add_argument("--model-name", default=None, help="the model id clients send (default: the manifest's model)")
+    p.add_argument("--api-key", default=None, metavar="KEY", help="require 'Authorization: Bearer KEY' on /v1/*")
+    p.add_argument("--model-name", default=None, metavar="NAME",
+                   help="the model id clients send (default: the manifest's checkpoint name)")
     p.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu",
                    help="ONNX Runtime execution provider (default cpu)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
@@ -32,8 +33,13 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..manifest import load_manifest
-    from ..serve.app import ServeConfig
-    from ..serve.server import serve
+
+    try:
+        from ..serve.app import ServeConfig
+        from ..serve.server import serve
+    except ModuleNotFoundError as e:
+        raise SfedgeError(f"sfedge serve needs the [serve] extra ({e.name} is missing): "
+                          "pip install 'sfedge[serve]'") from None
 
     engines = existing_path(args.engines, "engines directory")
     manifest = load_manifest(engines, verify_files=False)  # a missing or malformed manifest fails here, at once
