@@ -189,11 +189,17 @@ class Worker:
                 return
             m.queue_wait.observe(started - job.submitted)
             m.running.set(1)
-            stream = self.pipe.stream(task.video, task.question, task.options, task.gen, stop=task.stop)
+            stream = self.pipe.stream(task.video, task.question, task.options, task.gen, stop=task.stop,
+                                      cancelled=job.cancelled.is_set)  # asked after every token
             while True:
                 try:
                     piece = next(stream)
                 except StopIteration as done:
+                    if done.value.stop_reason == "cancelled":
+                        m.tokens.inc(len(done.value.token_ids))
+                        m.cancelled.labels(job.reason).inc()
+                        job.emit("cancelled")
+                        return
                     m.observe_result(done.value)
                     job.emit("done", done.value)
                     return
