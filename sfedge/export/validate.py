@@ -47,12 +47,18 @@ def session(path: Path, device: str = "cpu"):
     x86 host without a GPU are validated by the CPU kernels."""
     import onnxruntime as ort
 
+    from ..runtime.engines import cuda_provider_options, session_options
+
     if device == "cuda":
         from ..runtime.cuda_libraries import preload
 
         preload()
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), providers=providers)
+    # CUDA without TF32: the fp32 tolerances assume IEEE fp32
+    providers = ([("CUDAExecutionProvider", cuda_provider_options()), "CPUExecutionProvider"] if device == "cuda"
+                 else ["CPUExecutionProvider"])
+    on_gpu = device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+    return ort.InferenceSession(str(path), sess_options=session_options("cuda" if on_gpu else "cpu"),
+                                providers=providers)
 
 
 def errors(out: np.ndarray, ref: np.ndarray) -> dict:
