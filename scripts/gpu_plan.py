@@ -90,15 +90,17 @@ def build_steps(cfg: dict, work: Path) -> list[Step]:
     return steps
 
 
-def step_env() -> dict:
-    """PYTHONPATH for a step started now: the repo, the staged packages (the CUDA onnxruntime once there)."""
-    paths = [str(ROOT)] + [str(p) for p in (SITE_ORT, SITE_GENAI) if (p / ".done").is_file()]
+def step_env(step: Step) -> dict:
+    """PYTHONPATH for a step: the repo, onnxruntime-genai, and for the steps that wait for it the CUDA
+    onnxruntime (the exports keep the machine's own onnxruntime, with which the builder was checked)."""
+    sites = [SITE_ORT] if str(ORT_READY) in step.resources else []
+    paths = [str(ROOT)] + [str(p) for p in sites + [SITE_GENAI] if (p / ".done").is_file()]
     return {"PYTHONPATH": os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
             "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
 def launch(step: Step, log) -> _Process:
-    step.env = step_env()
+    step.env = step_env(step)
     return _Process(step, log)
 
 
@@ -115,10 +117,12 @@ def cmd_run(args) -> int:
                "precisions": args.precisions.split(","), "frames": args.frames, "new_tokens": args.new_tokens,
                "runs": args.runs, "warmup": args.warmup, "provider": args.provider,
                "export_device": "cpu" if args.provider == "cpu" else "cuda", "full": not args.no_full,
-               "carry": str(Path(args.carry).resolve()), "budget_s": args.budget_s}
+               "carry": str(Path(args.carry).resolve()), "budget_s": args.budget_s,
+               "skip": [n for n in args.skip.split(",") if n]}
         write_json(cfg_path, cfg)
     deadline = time.monotonic() + args.budget_s
-    plan = Plan(build_steps(cfg, work), work / "results", deadline, launch=launch, info={"config": cfg})
+    steps = [s for s in build_steps(cfg, work) if s.name not in cfg.get("skip", [])]
+    plan = Plan(steps, work / "results", deadline, launch=launch, info={"config": cfg})
     state = plan.run()
     finish(work)
     print(steps_table(state))
@@ -150,7 +154,7 @@ def cmd_start(args) -> int:
     """Install the carried onnxruntime-genai, then start `run` detached (it outlives this call)."""
     work = work_dir(args)
     work.mkdir(parents=True, exist_ok=True)
-    _pip_install(sorted((STAGE / "genai").glob("*.whl")), SITE_GENAI)
+    _unzip_install(sorted((STAGE / "genai").glob("*.whl")), SITE_GENAI)
     argv = [sys.executable, str(Path(__file__).resolve()), "run", "--work", str(work)] + args.run_args
     with open(work / "runner.out", "a") as out:
         p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -160,13 +164,22 @@ def cmd_start(args) -> int:
     return cmd_wait(args) if args.follow_s else 0
 
 
-def _pip_install(wheels: list[Path], site: Path) -> None:
+def _unzip_install(wheels: list[Path], site: Path) -> None:
+    """Install wheels by extracting them into `site` (what pip --target does for these: no scripts, no
+    .data; file modes kept), then mark it done."""
+    import zipfile
+
     if (site / ".done").is_file():
         return
     if not wheels:
         raise SystemExit(f"no wheels to install into {site}")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                    "--no-cache-dir", "--upgrade", "--target", str(site), *map(str, wheels)], check=True)
+    for w in wheels:
+        with zipfile.ZipFile(w) as z:
+            for info in z.infolist():
+                path = Path(z.extract(info, site))
+                mode = info.external_attr >> 16
+                if mode and path.is_file():
+                    path.chmod(mode & 0o777)
     (site / ".done").touch()
     print(f"installed {' '.join(w.name for w in wheels)} into {site}")
 
@@ -181,8 +194,11 @@ def cmd_install(args) -> int:
     with open(whl, "wb") as f:
         for p in parts:
             f.write(p.read_bytes())
-    _pip_install([whl], SITE_ORT.with_name("site-ort.tmp"))
+    if whl.stat().st_size != expected["bytes"]:
+        raise SystemExit(f"joined {whl.stat().st_size} bytes, expected {expected['bytes']}")
     tmp = SITE_ORT.with_name("site-ort.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _unzip_install([whl], tmp)
     check = subprocess.run([sys.executable, "-c", "import onnxruntime as o; print(o.__version__, o.get_available_providers())"],
                            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(tmp)))
     print("onnxruntime-gpu:", check.stdout.strip(), check.stderr.strip()[-500:])
@@ -267,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--provider", default="cuda", choices=("cuda", "cpu"))
     r.add_argument("--carry", default=str(CARRY), help="the carried tiny engines (prepare)")
     r.add_argument("--no-full", action="store_true", help="leave out part (c), the full-depth model")
+    r.add_argument("--skip", default="", help="steps to leave out, comma-separated")
     r.add_argument("--resume", action="store_true", help="the config of the earlier run (steps done stay done)")
     s = sub.add_parser("start", help="(device) install onnxruntime-genai, start `run` detached; other options go to run")
     s.add_argument("--work", default=argparse.SUPPRESS)

@@ -296,10 +296,26 @@ def summarize(results: Path) -> dict:
         tag = b.get("depth", "")
         if tag.startswith("L"):
             by_prec.setdefault(b["precision"], {})[int(tag[1:])] = b
-    return {"ceilings": load("ceilings"), "env": load("env"), "cuda_tokens": (load("cuda-tokens") or {}).get("match"),
+    floors = None
+    deepest = max((b for b in benches.values() if b.get("depth", "").startswith("L")), default=None,
+                  key=lambda b: int(b["depth"][1:]))
+    if deepest and load("ceilings"):
+        from sfedge.bench import roofline
+        from sfedge.bench.runner import _checkpoint_config
+
+        conf = _checkpoint_config(str(Path(deepest["engines"]).parent / f"ckpt-{deepest['depth']}"))
+        if conf:
+            conf["text_config"]["num_hidden_layers"] = full_layers
+            g = roofline.Geometry.from_config(conf)
+            floors = {"label": f"floors for {full_layers} layers, fp16 weights (computed, not measured)",
+                      **roofline.floors_ms(g, load("ceilings"), frames=deepest["frames"],
+                                           prefill_tokens=deepest["prefill_tokens"], new_tokens=deepest["new_tokens"],
+                                           weight_bytes=g.llm_weight_bytes(2), act_bytes=2)}
+    return {"ceilings": load("ceilings"), "env": load("env"), "floors_full_fp16_ms": floors, "cuda_tokens": (load("cuda-tokens") or {}).get("match"),
             "gpu_tests": load("gpu-tests"), "benches": benches,
-            "per_layer": {prec: {side: per_layer(r, side, full_layers) for side in ("engine", "reference")}
-                          for prec, r in by_prec.items()}}
+            "per_layer": {**{f"{prec} engines": per_layer(r, "engine", full_layers) for prec, r in by_prec.items()},
+                          **{"reference (PyTorch, the same for every precision)": per_layer(r, "reference", full_layers)
+                             for r in list(by_prec.values())[:1]}}}
 
 
 # ----------------------------------------------------------------------------- here: carry + wheels
@@ -326,9 +342,28 @@ def prepare_carry(carry: Path) -> None:
     print(f"carry: {carry} ({sum(p.stat().st_size for p in carry.rglob('*') if p.is_file()) / 2**20:.1f} MiB)")
 
 
+# Not needed for the plan's Python use: the C API library (onnxruntime's Python module links the runtime
+# itself; onnxruntime-genai loads it, but the exports use the machine's own onnxruntime) and TensorRT's EP.
+ORT_DROP = ("onnxruntime/capi/libonnxruntime.so", "onnxruntime/capi/libonnxruntime_providers_tensorrt.so")
+
+
+def trim_wheel(whl: Path, dst: Path) -> int:
+    """Copy the onnxruntime-gpu wheel into the zip `dst` without ORT_DROP's files; their bytes saved."""
+    import zipfile
+
+    saved = 0
+    with zipfile.ZipFile(whl) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zout:
+        for info in zin.infolist():
+            if info.filename.startswith(ORT_DROP):
+                saved += info.compress_size
+                continue
+            zout.writestr(info, zin.read(info), compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
+    return saved
+
+
 def stage_wheels(stage: Path, carry: Path, wheels, call_mib: float, budget_s: float) -> list[dict]:
     """Download the wheels; onnxruntime-genai travels whole with the first call (with the carry and the first
-    part of onnxruntime-gpu), onnxruntime-gpu in parts filling each call. Writes stage/calls.json."""
+    part of onnxruntime-gpu, trimmed), onnxruntime-gpu in parts filling each call. Writes stage/calls.json."""
     dl = stage / "dl"
     shutil.rmtree(stage, ignore_errors=True)
     (stage / "genai").mkdir(parents=True)
@@ -337,19 +372,23 @@ def stage_wheels(stage: Path, carry: Path, wheels, call_mib: float, budget_s: fl
                     "--python-version", "3.12", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
                     "--platform", "manylinux_2_27_x86_64", "--platform", "manylinux_2_17_x86_64",
                     "--platform", "manylinux2014_x86_64", "-d", str(dl), *wheels], check=True)
-    genai = next(dl.glob("onnxruntime_genai-*.whl"))
+    genai = Path(shutil.move(next(dl.glob("onnxruntime_genai-*.whl")), stage / "genai"))
     ort_whl = next(dl.glob("onnxruntime_gpu-*.whl"))
-    shutil.move(genai, stage / "genai" / genai.name)
+    trimmed = stage / "ort-gpu.zip"
+    saved = trim_wheel(ort_whl, trimmed)
     mib = lambda n: n / 2**20  # noqa: E731
     carry_bytes = sum(p.stat().st_size for p in carry.rglob("*") if p.is_file())
     first = int((call_mib - mib(genai.stat().st_size) - mib(carry_bytes)) * 2**20)
-    data, sizes, off = ort_whl.read_bytes(), [], 0
+    data, sizes, off = trimmed.read_bytes(), [], 0
     while off < len(data):
         n = first if not sizes else int(call_mib * 2**20)
         (stage / "parts" / f"ort.{len(sizes):02d}").write_bytes(data[off:off + n])
         sizes.append(len(data[off:off + n]))
         off += n
-    write_json(stage / "ort-wheel.json", {"wheel": ort_whl.name, "parts": len(sizes), "bytes": len(data)})
+    write_json(stage / "ort-wheel.json", {"wheel": ort_whl.name, "parts": len(sizes), "bytes": len(data),
+                                          "wheel_bytes": ort_whl.stat().st_size, "dropped": list(ORT_DROP),
+                                          "dropped_compressed_bytes": saved})
+    trimmed.unlink()
     shutil.rmtree(dl)
     rel = lambda p: str(p.relative_to(ROOT))  # noqa: E731
     calls = [{"command": f"python3 scripts/gpu_plan.py start --budget-s {budget_s:.0f}",
