@@ -55,37 +55,40 @@ def build_steps(cfg: dict, work: Path) -> list[Step]:
     cuda = cfg["provider"] != "cpu"
     gpu = (str(ORT_READY),) if cuda else ()
     d1, *more = cfg["depths"]
-    steps = [Step("env", me + ["env"], 15, part="prep", filler=True),
-             Step("ceilings", me + ["ceilings"], 30, part="prep", filler=True),
-             Step("clip", me + ["clip"], 15, part="prep", filler=True)]
+    # estimate_s: expected seconds on the H200 machine (ESTIMATES, docs/BENCHMARKS.md "GPU plan" gives
+    # their basis); a step starts only if its estimate fits in the time left, and is stopped at the deadline
+    steps = [Step("env", me + ["env"], 10, part="prep", filler=True),
+             Step("ceilings", me + ["ceilings"], 20, part="prep", filler=True),
+             Step("clip", me + ["clip"], 10, part="prep", filler=True)]
 
     def prep(tag: str, precisions) -> list[Step]:
-        out = [Step(f"make-{tag}", me + [f"make-{tag}"], 60, part="prep", filler=True)]
+        out = [Step(f"make-{tag}", me + [f"make-{tag}"], 30, part="prep", filler=True, parallel=True)]
         for p in precisions:
-            out.append(Step(f"export-{p}-{tag}", me + [f"export-{p}-{tag}"], 150 if p == "fp16" else 180,
-                            needs=(f"make-{tag}",), part="prep", filler=True))
+            out.append(Step(f"export-{p}-{tag}", me + [f"export-{p}-{tag}"], 90 if p == "fp16" else 120,
+                            needs=(f"make-{tag}",), part="prep", filler=True, parallel=True))
             if p == precisions[0]:
-                out.append(Step(f"ref-{tag}", me + [f"ref-{tag}"], 90, needs=(f"export-{p}-{tag}", "clip"),
+                out.append(Step(f"ref-{tag}", me + [f"ref-{tag}"], 60, needs=(f"export-{p}-{tag}", "clip"),
                                 part="prep", filler=True))
         return out
 
     def bench(tag: str, p: str, part: str) -> Step:
-        return Step(f"bench-{p}-{tag}", me + [f"bench-{p}-{tag}"], 120,
+        return Step(f"bench-{p}-{tag}", me + [f"bench-{p}-{tag}"], 60,
                     needs=(f"export-{p}-{tag}", "ceilings", "clip"), resources=gpu, part=part)
 
     steps += prep(f"L{d1}", cfg["precisions"])
-    steps += [Step("cuda-tokens", me + ["cuda-tokens"], 60, resources=gpu, part="a"),
-              Step("gpu-tests", me + ["gpu-tests"], 120, resources=gpu, part="a")]
+    steps += [Step("cuda-tokens", me + ["cuda-tokens"], 30, resources=gpu, part="a"),
+              Step("gpu-tests", me + ["gpu-tests"], 60, resources=gpu, part="a")]
     steps += [bench(f"L{d1}", p, "b") for p in cfg["precisions"]]
     for d in more:
         steps += prep(f"L{d}", cfg["precisions"])
         steps += [bench(f"L{d}", p, "b") for p in cfg["precisions"]]
-    steps.append(Step("validate-tiny-cuda", me + ["validate-tiny-cuda"], 120, resources=gpu, part="a"))
+    steps.append(Step("validate-tiny-cuda", me + ["validate-tiny-cuda"], 60, resources=gpu, part="a"))
     if cfg.get("full", True):
-        steps += [Step("make-full", me + ["make-full"], 120, part="c", filler=True),
-                  Step("export-fp16-full", me + ["export-fp16-full"], 480, needs=("make-full",), part="c"),
-                  Step("ref-full", me + ["ref-full"], 120, needs=("export-fp16-full", "clip"), part="c"),
-                  Step("bench-fp16-full", me + ["bench-fp16-full"], 180, needs=("export-fp16-full", "ceilings", "clip"),
+        steps += [Step("make-full", me + ["make-full"], 90, part="c", filler=True, parallel=True),
+                  Step("export-fp16-full", me + ["export-fp16-full"], 360, needs=("make-full",), part="c",
+                       parallel=True),
+                  Step("ref-full", me + ["ref-full"], 90, needs=("export-fp16-full", "clip"), part="c"),
+                  Step("bench-fp16-full", me + ["bench-fp16-full"], 90, needs=("export-fp16-full", "ceilings", "clip"),
                        resources=gpu, part="c")]
     return steps
 
@@ -118,11 +121,12 @@ def cmd_run(args) -> int:
                "runs": args.runs, "warmup": args.warmup, "provider": args.provider,
                "export_device": "cpu" if args.provider == "cpu" else "cuda", "full": not args.no_full,
                "carry": str(Path(args.carry).resolve()), "budget_s": args.budget_s,
-               "skip": [n for n in args.skip.split(",") if n]}
+               "skip": [n for n in args.skip.split(",") if n], "max_parallel": args.max_parallel}
         write_json(cfg_path, cfg)
     deadline = time.monotonic() + args.budget_s
     steps = [s for s in build_steps(cfg, work) if s.name not in cfg.get("skip", [])]
-    plan = Plan(steps, work / "results", deadline, launch=launch, info={"config": cfg})
+    plan = Plan(steps, work / "results", deadline, launch=launch, info={"config": cfg},
+                max_parallel=cfg.get("max_parallel", 2))
     state = plan.run()
     finish(work)
     print(steps_table(state))
@@ -283,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--provider", default="cuda", choices=("cuda", "cpu"))
     r.add_argument("--carry", default=str(CARRY), help="the carried tiny engines (prepare)")
     r.add_argument("--no-full", action="store_true", help="leave out part (c), the full-depth model")
+    r.add_argument("--max-parallel", type=int, default=2, help="exports at once (default 2; nothing timed overlaps)")
     r.add_argument("--skip", default="", help="steps to leave out, comma-separated")
     r.add_argument("--resume", action="store_true", help="the config of the earlier run (steps done stay done)")
     s = sub.add_parser("start", help="(device) install onnxruntime-genai, start `run` detached; other options go to run")

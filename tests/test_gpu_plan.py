@@ -126,6 +126,21 @@ def test_resource_never_arrives_plan_ends_at_the_deadline(tmp_path):
     assert 30 <= clock.t < 32
 
 
+def test_exports_run_side_by_side_and_timed_steps_alone(tmp_path):
+    clock = FakeClock()
+    steps = [Step("make", [], 5, parallel=True), Step("exp-a", [], 30, needs=("make",), parallel=True),
+             Step("timed", [], 10, needs=("exp-a",)), Step("exp-b", [], 30, needs=("make",), parallel=True),
+             Step("exp-c", [], 30, needs=("make",), parallel=True), Step("bench", [], 10)]
+    launched: list = []
+    durations = {"make": 5, "exp-a": 30, "timed": 10, "exp-b": 40, "exp-c": 30, "bench": 10}
+    state = _plan(tmp_path, steps, durations, 500, clock, launched=launched).run()
+    at = dict(launched)
+    assert at["exp-b"] == at["exp-a"]  # side by side (max_parallel 2) ...
+    assert at["timed"] >= at["exp-b"] + 40  # ... and the timed step waited for both
+    assert at["exp-c"] >= at["timed"] + 10 and at["bench"] >= at["exp-c"] + 30  # no jumping ahead of it
+    assert all(v["status"] == DONE for v in state["steps"].values())
+
+
 def test_plan_order_is_by_value():
     from gpu_plan import build_steps
 

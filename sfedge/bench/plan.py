@@ -7,7 +7,9 @@ from it at any time is valid JSON with every result gathered so far.
 
 Order and readiness: steps are listed by value. The first pending step whose prerequisites are
 done and whose resources (files, e.g. "the CUDA onnxruntime is installed") exist runs next; while
-an earlier step waits for a resource, only steps marked `filler` may go ahead of it. A step whose
+an earlier step waits for a resource, only steps marked `filler` may go ahead of it. Steps marked
+`parallel` (the exports: nothing in them is timed) may run beside each other, up to `max_parallel`
+at a time; every other step (whatever is timed) runs alone. A step whose
 prerequisite failed or was left out is left out. A step starts only if its estimate fits in the
 time left; at the deadline the running step's process group is stopped (SIGTERM, then SIGKILL),
 every step not run is marked so, and the plan returns. Run again, the plan resumes: steps done
@@ -41,6 +43,7 @@ class Step:
     resources: tuple[str, ...] = ()  # files that must exist before it starts
     part: str = ""  # what it belongs to, e.g. "a", "b", "c", "prep"
     filler: bool = False  # may run while an earlier step waits for a resource
+    parallel: bool = False  # may run beside other parallel steps (exports: no timing); others run alone
     env: dict = field(default_factory=dict)
 
 
@@ -82,10 +85,11 @@ class _Process:
 class Plan:
     def __init__(self, steps: list[Step], results: Path, deadline: float, *, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep, launch=_Process, log: Callable[[str], None] = print,
-                 poll_s: float = 1.0, info: dict | None = None) -> None:
+                 poll_s: float = 1.0, info: dict | None = None, max_parallel: int = 2) -> None:
         """`deadline`: in `clock`'s units (seconds)."""
         self.steps, self.results, self.deadline = steps, Path(results), deadline
         self.clock, self.sleep, self.launch, self.log, self.poll_s = clock, sleep, launch, log, poll_s
+        self.max_parallel = max_parallel
         self.results.mkdir(parents=True, exist_ok=True)
         self.path = self.results / "plan.json"
         old = json.loads(self.path.read_text()) if self.path.is_file() else {}
@@ -122,39 +126,56 @@ class Plan:
                 return f"waits for {r}"
         return None
 
+    def _pick(self, running: dict) -> Step | None:
+        """The next step to start now, or None (nothing may start: wait)."""
+        left = self.deadline - self.clock()
+        waiting = False
+        for s in self.steps:
+            if self._status(s.name) != PENDING:
+                continue
+            why = self._blocked_by(s)
+            if why is not None and why.startswith("never"):
+                self._set(s.name, status=LEFT_OUT, reason=why[len("never: "):])
+                continue
+            if why is not None:
+                waiting = waiting or why.startswith("waits")
+                continue
+            if s.estimate_s > left:
+                self._set(s.name, status=LEFT_OUT, reason=f"estimate {s.estimate_s:.0f} s > {left:.0f} s left "
+                          "before the deadline")
+                continue
+            if waiting and not s.filler:
+                continue
+            if not running:
+                return s
+            # beside running steps: only a parallel step beside parallel ones, and no jumping ahead of
+            # a ready step that must run alone
+            ok = s.parallel and all(r.parallel for r, _p, _t in running.values()) and len(running) < self.max_parallel
+            return s if ok else None
+        return None
+
     def run(self) -> dict:
+        running: dict[str, tuple] = {}  # name -> (step, process, start time)
         with open(self.results / "plan.log", "a") as logf:
             while True:
-                pending = [s for s in self.steps if self._status(s.name) == PENDING]
-                if not pending:
+                for name, (step, proc, t0) in list(running.items()):
+                    rc = proc.poll()
+                    if rc is not None:
+                        del running[name]
+                        self._finish(step, rc, t0)
+                if self.clock() >= self.deadline:
+                    for name, (step, proc, t0) in running.items():
+                        proc.stop()
+                        self._set(name, status=STOPPED, seconds=round(self.clock() - t0, 1))
+                        self.log(f"[plan {_utc()}] {name} stopped at the deadline")
                     break
-                left = self.deadline - self.clock()
-                chosen, waiting = None, False
-                for s in pending:
-                    why = self._blocked_by(s)
-                    if why is not None and why.startswith("never"):
-                        self._set(s.name, status=LEFT_OUT, reason=why[len("never: "):])
-                        continue
-                    if why is not None:
-                        waiting = waiting or why.startswith("waits")
-                        continue
-                    if s.estimate_s > left:
-                        self._set(s.name, status=LEFT_OUT, reason=f"estimate {s.estimate_s:.0f} s > {left:.0f} s "
-                                  "left before the deadline")
-                        continue
-                    if waiting and not s.filler:
-                        continue
-                    chosen = s
-                    break
-                if chosen is None:
-                    if not any(self._status(s.name) == PENDING for s in self.steps):
-                        break
-                    if left <= 0:
-                        break
-                    self.sleep(min(self.poll_s, max(left, 0.0)))
+                chosen = self._pick(running)
+                if chosen is not None:
+                    running[chosen.name] = (chosen, self._start(chosen, logf), self.clock())
                     continue
-                if not self._run_step(chosen, logf):
-                    break  # the deadline stopped it
+                if not running and not any(self._status(s.name) == PENDING for s in self.steps):
+                    break
+                self.sleep(min(self.poll_s, max(self.deadline - self.clock(), 0.0)))
             for s in self.steps:
                 if self._status(s.name) == PENDING:
                     self.state["steps"][s.name].update(status=LEFT_OUT, reason=self._blocked_by(s) or "deadline")
@@ -163,22 +184,15 @@ class Plan:
             self._save()
         return self.state
 
-    def _run_step(self, step: Step, logf) -> bool:
-        """Run one step; False if the deadline stopped it."""
-        t0 = self.clock()
+    def _start(self, step: Step, logf):
         self.log(f"[plan {_utc()}] {step.name} (part {step.part or '-'}, estimate {step.estimate_s:.0f} s, "
-                 f"{self.deadline - t0:.0f} s left)")
+                 f"{self.deadline - self.clock():.0f} s left)")
         logf.write(f"\n===== {_utc()} {step.name}: {' '.join(step.argv)}\n")
         logf.flush()
         self._set(step.name, status="running", started_utc=_utc())
-        proc = self.launch(step, logf)
-        while (rc := proc.poll()) is None:
-            if self.clock() >= self.deadline:
-                proc.stop()
-                self._set(step.name, status=STOPPED, seconds=round(self.clock() - t0, 1))
-                self.log(f"[plan {_utc()}] {step.name} stopped at the deadline")
-                return False
-            self.sleep(min(self.poll_s, max(self.deadline - self.clock(), 0.0)))
+        return self.launch(step, logf)
+
+    def _finish(self, step: Step, rc: int, t0: float) -> None:
         secs = round(self.clock() - t0, 1)
         out = self.results / f"{step.name}.json"
         if rc == 0 and out.is_file():
@@ -187,7 +201,6 @@ class Plan:
             self._set(step.name, status=FAILED, seconds=secs, rc=rc,
                       reason="no result file" if rc == 0 else f"exit status {rc} (see plan.log)")
         self.log(f"[plan {_utc()}] {step.name}: {self._status(step.name)} in {secs:.0f} s")
-        return True
 
 
 def steps_table(state: dict) -> str:

@@ -235,7 +235,8 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
 
     ceilings = None
     if cfg.roofline:
-        log("measuring ceilings (bandwidth, matmul rate) ...")
+        if cfg.ceilings is None:
+            log("measuring ceilings (bandwidth, matmul rate) ...")
         ceilings = cfg.ceilings or (roofline.measure_cuda() if on_cuda else roofline.measure_cpu())
     log(f"engines: {cfg.engines} ({precision}, {cfg.provider}), {cfg.warmup} warmup + {cfg.runs} runs ...")
     eng = bench_engines(cfg, gen, on_cuda)
