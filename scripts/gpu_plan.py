@@ -162,7 +162,8 @@ def cmd_start(args) -> int:
     argv = [sys.executable, str(Path(__file__).resolve()), "run", "--work", str(work)] + args.run_args
     with open(work / "runner.out", "a") as out:
         p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                             start_new_session=True,
+                             env={**{k: v for k, v in os.environ.items() if k != "OUT"}, "PYTHONUNBUFFERED": "1"})
     (work / "runner.pid").write_text(str(p.pid))
     print(f"plan started (pid {p.pid}): {' '.join(argv)}")
     return cmd_wait(args) if args.follow_s else 0

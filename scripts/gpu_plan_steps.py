@@ -243,6 +243,14 @@ def validate_tiny(work: Path, cfg: dict) -> dict:
     from sfedge.export import export_model
     from sfedge.models.tiny import make_tiny
 
+    # The builder's subprocess imports onnxruntime_genai, which loads onnxruntime's C library from the
+    # onnxruntime it finds first: the machine's own (the staged onnxruntime-gpu travels without it).
+    # This process keeps the CUDA onnxruntime it imported for the validation sessions.
+    site_ort = (ROOT / ".stage" / "site-ort").resolve()
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != site_ort)
+    import onnxruntime  # noqa: F401  (imported before the export: the CUDA build, from sys.path)
+
     ck = make_tiny(work / "tiny-ckpt", seed=0)
     m = export_model(ck, work / "tiny-fp32-validated", precision="fp32", device=cfg["export_device"], validate=True,
                      force=True, progress=False)
