@@ -122,6 +122,11 @@ def cmd_run(args) -> int:
                "export_device": "cpu" if args.provider == "cpu" else "cuda", "full": not args.no_full,
                "carry": str(Path(args.carry).resolve()), "budget_s": args.budget_s,
                "skip": [n for n in args.skip.split(",") if n], "max_parallel": args.max_parallel}
+        if cfg_path.is_file() and (work / "results" / "plan.json").is_file():
+            old = json.loads(cfg_path.read_text())
+            if {k: v for k, v in old.items() if k != "budget_s"} != {k: v for k, v in cfg.items() if k != "budget_s"}:
+                raise SystemExit(f"{work} holds the results of another configuration: pass --resume to go on "
+                                 "with it, or another --work")
         write_json(cfg_path, cfg)
     deadline = time.monotonic() + args.budget_s
     steps = [s for s in build_steps(cfg, work) if s.name not in cfg.get("skip", [])]
@@ -158,6 +163,13 @@ def cmd_start(args) -> int:
     """Install the carried onnxruntime-genai, then start `run` detached (it outlives this call)."""
     work = work_dir(args)
     work.mkdir(parents=True, exist_ok=True)
+    pid_file = work / "runner.pid"
+    if pid_file.is_file():
+        try:
+            os.kill(int(pid_file.read_text()), 0)
+            raise SystemExit(f"a plan is running already (pid {pid_file.read_text()}): `wait` for it")
+        except (ProcessLookupError, ValueError):
+            pass
     _unzip_install(sorted((STAGE / "genai").glob("*.whl")), SITE_GENAI)
     argv = [sys.executable, str(Path(__file__).resolve()), "run", "--work", str(work)] + args.run_args
     with open(work / "runner.out", "a") as out:
@@ -260,7 +272,7 @@ def cmd_summary(args) -> int:
 
 # ----------------------------------------------------------------------------- here, before the calls
 def cmd_prepare(args) -> int:
-    from gpu_plan_steps import prepare_carry, stage_wheels
+    from gpu_plan_stage import prepare_carry, stage_wheels
 
     prepare_carry(CARRY)
     if not args.skip_wheels:
