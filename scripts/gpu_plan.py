@@ -131,7 +131,7 @@ def cmd_run(args) -> int:
     deadline = time.monotonic() + args.budget_s
     steps = [s for s in build_steps(cfg, work) if s.name not in cfg.get("skip", [])]
     plan = Plan(steps, work / "results", deadline, launch=launch, info={"config": cfg},
-                max_parallel=cfg.get("max_parallel", 2))
+                max_parallel=cfg.get("max_parallel", 4))
     state = plan.run()
     finish(work)
     print(steps_table(state))
@@ -300,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--provider", default="cuda", choices=("cuda", "cpu"))
     r.add_argument("--carry", default=str(CARRY), help="the carried tiny engines (prepare)")
     r.add_argument("--no-full", action="store_true", help="leave out part (c), the full-depth model")
-    r.add_argument("--max-parallel", type=int, default=2, help="exports at once (default 2; nothing timed overlaps)")
+    r.add_argument("--max-parallel", type=int, default=4,
+                   help="makes / exports at once (default 4: both depths' at once; nothing timed overlaps them)")
     r.add_argument("--skip", default="", help="steps to leave out, comma-separated")
     r.add_argument("--resume", action="store_true", help="the config of the earlier run (steps done stay done)")
     s = sub.add_parser("start", help="(device) install onnxruntime-genai, start `run` detached; other options go to run")
