@@ -201,14 +201,19 @@ def _session_options_seen(pipe) -> dict:
     """What the CUDA sessions report: provider options (use_tf32, cudnn_conv_algo_search), intra-op threads."""
     import onnxruntime as ort
 
-    sessions = {}
-    for name, obj in vars(pipe).items():
-        if hasattr(getattr(obj, "session", None), "get_provider_options"):
-            sessions[name] = obj.session
-        if hasattr(getattr(getattr(obj, "engine", None), "session", None), "get_provider_options"):
-            sessions[f"{name}.engine"] = obj.engine.session
-        if isinstance(getattr(obj, "step", None), ort.InferenceSession):
-            sessions[f"{name}.step"] = obj.step
+    sessions: dict = {}
+
+    def collect(obj, prefix: str, depth: int) -> None:  # pipeline -> encoder / answerer -> engines, decoder
+        for name, v in vars(obj).items():
+            key = f"{prefix}{name}"
+            if isinstance(v, ort.InferenceSession):
+                sessions[key] = v
+            elif isinstance(getattr(v, "session", None), ort.InferenceSession):
+                sessions[key] = v.session
+            elif depth and hasattr(v, "__dict__") and type(v).__module__.startswith("sfedge"):
+                collect(v, key + ".", depth - 1)
+
+    collect(pipe, "", 3)
     seen = {}
     for name, sess in sessions.items():
         opts = sess.get_provider_options().get("CUDAExecutionProvider", {})

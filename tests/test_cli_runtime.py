@@ -10,8 +10,8 @@ import pytest
 
 from sfedge.cli import main
 
-ASK_KEYS = {"answer", "token_ids", "frame_indices", "num_frames_total", "num_visual_tokens", "timings_ms", "tokens_per_s",
-            "stop_reason"}
+ASK_KEYS = {"answer", "token_ids", "frame_indices", "num_frames_total", "num_visual_tokens", "prompt_tokens",
+            "reused_prompt_tokens", "timings_ms", "tokens_per_s", "stop_reason"}
 
 
 def last_json(text: str) -> dict:
@@ -23,7 +23,8 @@ def test_ask_json(engines_fp32, short_clips, capsys):
     out = last_json(capsys.readouterr().out)
     assert rc == 0 and set(out) == ASK_KEYS
     assert len(out["token_ids"]) <= 8 and out["num_frames_total"] == 7
-    assert set(out["timings_ms"]) == {"decode_video", "preprocess", "vision", "slowfast", "prefill", "decode", "total"}
+    assert set(out["timings_ms"]) == {"decode_video", "preprocess", "vision", "slowfast", "prefill", "decode", "ttft",
+                                      "total"}
 
 
 def test_ask_multiple_choice_json_has_choice(engines_fp32, short_clips, capsys):

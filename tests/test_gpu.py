@@ -55,7 +55,7 @@ def test_cuda_tokens_match_cpu(tiny, cuda_pipeline):
 
 
 def test_cuda_sessions_use_sfedge_options(cuda_pipeline):
-    for eng in (cuda_pipeline.vision, cuda_pipeline.slowfast):
+    for eng in (cuda_pipeline.encoder.vision, cuda_pipeline.answerer.slowfast, cuda_pipeline.answerer.decoder.engine):
         sess = eng.session
         assert sess.get_providers()[0] == "CUDAExecutionProvider"
         opts = sess.get_provider_options()["CUDAExecutionProvider"]
@@ -67,14 +67,15 @@ def test_device_iobinding_chains_vision_to_slowfast_on_the_gpu(cuda_pipeline, ti
     from sfedge.runtime.pipeline import Pipeline
 
     cpu = Pipeline(tiny[0], provider="cpu")
-    name = next(iter(cuda_pipeline.vision.inputs))
-    shape = [3 if not isinstance(d, int) else d for d in cuda_pipeline.vision.inputs[name].shape]
+    vision, slowfast = cuda_pipeline.encoder.vision, cuda_pipeline.answerer.slowfast
+    name = next(iter(vision.inputs))
+    shape = [3 if not isinstance(d, int) else d for d in vision.inputs[name].shape]
     pixels = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    feats = cuda_pipeline.vision.infer({name: pixels}, on_device=True)
+    feats = vision.infer({name: pixels}, on_device=True)
     assert all(v.device_name().lower() == "cuda" for v in feats.values())
-    (sf_in,) = cuda_pipeline.slowfast.inputs
-    gpu = cuda_pipeline.slowfast.infer({sf_in: next(iter(feats.values()))})
-    host = cpu.slowfast.infer({sf_in: next(iter(cpu.vision.infer({name: pixels}).values()))})
+    (sf_in,) = slowfast.inputs
+    gpu = slowfast.infer({sf_in: next(iter(feats.values()))})
+    host = cpu.answerer.slowfast.infer({sf_in: next(iter(cpu.encoder.vision.infer({name: pixels}).values()))})
     for k in host:
         np.testing.assert_allclose(gpu[k], host[k], rtol=1e-4, atol=1e-5)
 

@@ -81,6 +81,15 @@ def test_generate_matches_hf_greedy(llama, tmp_path, ep, precision, shared):
     for chunk in (None, 4):  # one-shot and chunked prefill (the concat layout always takes one run)
         got = list(generate(dec, embeds, GenerationSpec(max_new_tokens=20), (), prefill_chunk=chunk))
         assert got == want, (precision, chunk)
+    # prefix reuse: 7 positions kept from an earlier prompt (in place, then from a snapshot after
+    # something else was run), the rest prefilled after them (one position per run in the concat layout)
+    list(generate(dec, embeds[:, :7], GenerationSpec(max_new_tokens=1), (), items=ids[:7]))
+    assert dec.length == 7 and dec.items == ids[:7]
+    assert list(generate(dec, embeds[:, 7:], GenerationSpec(max_new_tokens=20), (), start=7)) == want
+    snap = dec.snapshot(7)
+    list(generate(dec, table[[1, 2, 3, 4, 5, 6, 7, 8]][None], GenerationSpec(max_new_tokens=3), ()))
+    dec.restore(snap, ids[:7])
+    assert list(generate(dec, embeds[:, 7:], GenerationSpec(max_new_tokens=20), (), start=7)) == want, precision
     logits = []
     list(generate(dec, embeds, GenerationSpec(max_new_tokens=1), (), on_first_logits=logits.append))
     with torch.no_grad():

@@ -58,8 +58,10 @@ def test_result_fields_and_json(pipeline_fp32, short_clips):
     assert isinstance(r, AskResult)
     d = r.to_dict()
     assert set(d) == {"answer", "token_ids", "frame_indices", "num_frames_total", "num_visual_tokens",
-                      "timings_ms", "tokens_per_s", "stop_reason"}
-    assert set(d["timings_ms"]) == {"decode_video", "preprocess", "vision", "slowfast", "prefill", "decode", "total"}
+                      "prompt_tokens", "reused_prompt_tokens", "timings_ms", "tokens_per_s", "stop_reason"}
+    assert set(d["timings_ms"]) == {"decode_video", "preprocess", "vision", "slowfast", "prefill", "decode", "ttft",
+                                    "total"}
+    assert d["prompt_tokens"] == len(pipeline_fp32.prompt_ids(Q)) - 1 + d["num_visual_tokens"]
     assert d["frame_indices"] == [0, 1, 2, 3, 3, 4, 5] and d["num_frames_total"] == 7
     assert d["num_visual_tokens"] == 2880 + 16 * 7
     assert 1 <= len(d["token_ids"]) <= GEN.max_new_tokens
@@ -132,12 +134,12 @@ def test_sampling_is_seeded(pipeline_fp32, short_clips):
 def test_max_new_tokens_and_eos(pipeline_fp32, short_clips):
     video = short_clips["mp4-3"]
     assert len(pipeline_fp32.ask(video, Q, gen=GenerationSpec(max_new_tokens=1)).token_ids) == 1
-    prep = pipeline_fp32.prepare(video, Q)
-    free = list(generate(pipeline_fp32.decoder, prep.embeds, GenerationSpec(max_new_tokens=6), eos_token_ids=()))
+    embeds = prompt_embeds(pipeline_fp32, video, Q)
+    free = list(generate(pipeline_fp32.decoder, embeds, GenerationSpec(max_new_tokens=6), eos_token_ids=()))
     stop = set(free[2:3])  # pretend the third token is EOS: generation ends before it
-    assert list(generate(pipeline_fp32.decoder, prep.embeds, GenerationSpec(max_new_tokens=6), stop)) == free[:2]
+    assert list(generate(pipeline_fp32.decoder, embeds, GenerationSpec(max_new_tokens=6), stop)) == free[:2]
     ignored = GenerationSpec(max_new_tokens=6, ignore_eos=True)
-    assert list(generate(pipeline_fp32.decoder, prep.embeds, ignored, stop)) == free
+    assert list(generate(pipeline_fp32.decoder, embeds, ignored, stop)) == free
 
 
 def test_chunked_prefill_and_host_greedy_give_the_same_tokens(engines_fp32, pipeline_fp32, short_clips):
@@ -156,8 +158,16 @@ def test_prompt_too_long_for_the_engines(pipeline_fp32):
     from sfedge.runtime.generate import prefill
 
     dec = pipeline_fp32.decoder
-    with pytest.raises(SfedgeError, match="max_length"):
-        prefill(dec, np.zeros((1, dec.max_length, dec.table.shape[1]), np.float32))
+    with pytest.raises(SfedgeError, match="context of"):
+        prefill(dec, np.zeros((1, dec.max_length + 1, dec.table.shape[1]), np.float32))
+
+
+def prompt_embeds(pipe, video, question):
+    """The spliced prompt embeddings [1, L, D] of a question about a video, stage by stage."""
+    from sfedge.runtime.video import load_video
+
+    frames = load_video(video, pipe.spec.sampling.num_frames).frames
+    return pipe.answerer.splice(pipe.prompt_ids(question), pipe.answerer.pool(pipe.encoder.encode(frames)))
 
 
 @pytest.mark.parametrize("text,want", [("a|b", ["a", "b"]), (" yes | no | maybe ", ["yes", "no", "maybe"])])

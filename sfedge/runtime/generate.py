@@ -67,6 +67,8 @@ class Decoder:
         self.step_binding.bind_output("token", "cpu")
         self.step_binding.bind_ortvalue_output("embeds", self.embeds)
         self.length = 0  # tokens now in the cache
+        self.items: list = []  # what each cached position holds: prompt items, then fed-back token ids
+        self.bytes_per_token = sum(num_kv_heads * head_dim * np.dtype(self.dtype).itemsize for _ in self.past_names)
 
     def _alloc(self, shape: list[int], dtype) -> ort.OrtValue:
         return ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, self.device, 0)
@@ -76,10 +78,39 @@ class Decoder:
 
     def reset(self) -> None:
         """Forget the cached sequence (the shared buffers are simply overwritten next time)."""
-        self.length = 0
-        if not self.shared:
-            shape = self.kv[self.past_names[0]].shape()
-            self.kv = {n: self._alloc([1, shape[1], 0, shape[3]], self.dtype) for n in self.past_names}
+        self.truncate(0)
+
+    def truncate(self, n: int) -> None:
+        """Keep the first `n` cached positions (a prefix the next prompt shares) and forget the rest."""
+        if not 0 <= n <= self.length:
+            raise ValueError(f"cannot keep {n} of {self.length} cached positions")
+        if not self.shared and n < self.length:  # concat layout: the pasts are exactly `length` long
+            self.kv = {name: self._upload(v.numpy()[:, :, :n]) if n else
+                       self._alloc([1, v.shape()[1], 0, v.shape()[3]], self.dtype) for name, v in self.kv.items()}
+        self.length = n
+        del self.items[n:]
+
+    def snapshot(self, n: int) -> dict[str, np.ndarray]:
+        """Host copies of the first `n` cached positions of every KV tensor."""
+        if not 0 < n <= self.length:
+            raise ValueError(f"cannot copy {n} of {self.length} cached positions")
+        return {name: v.numpy()[:, :, :n].copy() for name, v in self.kv.items()}
+
+    def restore(self, snapshot: dict[str, np.ndarray], items: list) -> None:
+        """Put a `snapshot` of len(items) positions back as the cached sequence. On the CPU the
+        buffers are written in place; on a GPU the whole buffer goes through the host (a copy there
+        and back: cheaper than the prefill it saves, and rare)."""
+        n = len(items)
+        for name, v in self.kv.items():
+            if not self.shared:
+                self.kv[name] = self._upload(snapshot[name])
+            elif self.device == "cpu":
+                v.numpy()[:, :, :n] = snapshot[name]  # a view of the buffer
+            else:
+                host = v.numpy()
+                host[:, :, :n] = snapshot[name]
+                v.update_inplace(host)
+        self.length, self.items = n, list(items)
 
     def host_logits(self) -> np.ndarray:
         """The last step's logits [V] as float32 on the host (sampling, tests, verify)."""
@@ -120,27 +151,34 @@ def _run(dec: Decoder, embeds, seq: int, logits_out: ort.OrtValue | None) -> Non
     dec.length = total
 
 
-def prefill(dec: Decoder, embeds: np.ndarray, chunk: int | None = None) -> None:
-    """Run the prompt embeddings [1, S, D] through the LLM in chunks of `chunk` positions (None: one
-    run; the concat layout always takes one run, its graph cannot extend a past by several
-    positions). The graph returns the last position's logits only (export inserts the slice), and
-    the last chunk writes them into `dec.logits`. (Chunking changes nothing: each query row attends
-    to the same keys.)"""
+def prefill(dec: Decoder, embeds: np.ndarray, chunk: int | None = None, *, start: int = 0,
+            items: list | None = None) -> None:
+    """Run prompt embeddings [1, S, D] through the LLM after the first `start` cached positions,
+    which are kept (a prefix shared with the previous prompt; 0: a fresh prompt), in chunks of
+    `chunk` positions (None: one run). The concat layout's graph cannot extend a past by several
+    positions at once: after a kept prefix it takes the new positions one at a time. The graph
+    returns the last position's logits only (export inserts the slice), and the last run writes them
+    into `dec.logits`. (Chunking changes nothing: each query row attends to the same keys.)
+    `items`: what the S new positions hold (see `Decoder.items`; None: nothing a later prompt can match)."""
     seq = embeds.shape[1]
-    if seq + 1 > dec.max_length:
-        raise SfedgeError(f"prompt of {seq} tokens does not fit the engines' max_length {dec.max_length}")
-    dec.reset()
+    if seq < 1 or start + seq > dec.max_length:
+        raise SfedgeError(f"a prompt of {start + seq} tokens does not fit the engines' context of "
+                          f"{dec.max_length} positions")
+    items = list(items) if items is not None else [object() for _ in range(seq)]
+    dec.truncate(start)
     embeds = np.ascontiguousarray(embeds, dtype=dec.dtype)
-    step = (chunk if dec.shared else None) or seq
-    for start in range(0, seq, step):
-        part = embeds[:, start:start + step]
-        last = start + step >= seq
+    step = (chunk or seq) if dec.shared else (seq if start == 0 else 1)
+    for at in range(0, seq, step):
+        part = embeds[:, at:at + step]
+        last = at + step >= seq
         _run(dec, dec._upload(part), part.shape[1], dec.logits if last else None)
+        dec.items.extend(items[at:at + step])
 
 
-def decode_one(dec: Decoder) -> None:
-    """One decode step on the embedding in `dec.embeds`; its logits land in `dec.logits`."""
+def decode_one(dec: Decoder, token: int | None = None) -> None:
+    """One decode step on the embedding in `dec.embeds` (that of `token`); its logits land in `dec.logits`."""
     _run(dec, dec.embeds, 1, dec.logits)
+    dec.items.append(token)
 
 
 def next_token(dec: Decoder, gen: GenerationSpec, rng: np.random.Generator) -> int:
@@ -154,13 +192,14 @@ def next_token(dec: Decoder, gen: GenerationSpec, rng: np.random.Generator) -> i
 
 
 def generate(dec: Decoder, embeds: np.ndarray, gen: GenerationSpec, eos_token_ids: Collection[int], *,
-             prefill_chunk: int | None = None,
+             prefill_chunk: int | None = None, start: int = 0, items: list | None = None,
              on_first_logits: Callable[[np.ndarray], None] | None = None) -> Iterator[int]:
-    """Prefill `embeds` [1, S, D], then yield up to gen.max_new_tokens token ids as they are made;
-    stops at EOS (not yielded; unless gen.ignore_eos) or when the cache is full. `on_first_logits`,
-    if given, receives the first step's logits [V] on the host (for parity checks)."""
+    """Prefill `embeds` [1, S, D] after `start` kept positions (see `prefill`), then yield up to
+    gen.max_new_tokens token ids as they are made; stops at EOS (not yielded; unless gen.ignore_eos)
+    or when the cache is full (`dec.length == dec.max_length`). `on_first_logits`, if given,
+    receives the first step's logits [V] on the host (for parity checks)."""
     rng = np.random.default_rng(gen.seed)
-    prefill(dec, embeds, prefill_chunk)
+    prefill(dec, embeds, prefill_chunk, start=start, items=items)
     if on_first_logits is not None:
         on_first_logits(dec.host_logits())
     for i in range(gen.max_new_tokens):
@@ -170,7 +209,7 @@ def generate(dec: Decoder, embeds: np.ndarray, gen: GenerationSpec, eos_token_id
         yield token
         if i + 1 == gen.max_new_tokens or dec.length >= dec.max_length:
             return
-        decode_one(dec)
+        decode_one(dec, token)
 
 
 def sample_next(logits: np.ndarray, gen: GenerationSpec, rng: np.random.Generator) -> int:

@@ -1,16 +1,24 @@
-"""The runtime chain: video -> frames -> pixels -> vision -> SlowFast -> splice -> LLM -> text.
+"""The runtime chain: video -> frames -> encoder stage -> answer stage -> text.
 
 `Pipeline(engines_dir)` verifies the manifest (schema, every file's sha256) before loading
-anything, then opens each engine once; `.ask()` and `.stream()` reuse them for every question
-and video. Visual features go from the vision engine to the SlowFast engine without leaving
-the device; the LLM loop is in generate.py.
+anything, then opens each engine once. Two stages, shared by every entry point (`ask`, `watch`,
+the server):
+
+* encoder.py: frames -> projected features (preprocessing + the vision engine);
+* answer.py: the features of a window + a question -> tokens (SlowFast pooling, the prompt, the
+  LLM, with prefix reuse and the overflow policy).
+
+`ask` samples a video per SPEC 2 and composes the two; `ask_frames` answers over exactly the frames
+it is given (no re-sampling). Both identify frames by content, so a follow-up question about the
+same frames reuses the first one's prefill.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,31 +26,36 @@ import numpy as np
 
 from ..errors import SfedgeError
 from ..manifest import RUNTIME_CACHE, load_manifest
-from ..prompts import build_prompt, parse_choice, render_options, tokenize_prompt
+from ..prompts import render_options
 from ..spec import GenerationSpec, PipelineSpec
+from .answer import Answer, Answerer, Visual
+from .encoder import Encoder, frame_key
 from .engines import OrtEngine, check_provider
-from .generate import Decoder, generate
-from .preprocess import preprocess
+from .generate import Decoder
 from .tokenizer import TextTokenizer
 from .trt_engine import TrtEngine, native_plan
 from .video import load_video
 
-STAGES = ("decode_video", "preprocess", "vision", "slowfast", "prefill", "decode", "total")
+STAGES = ("decode_video", "preprocess", "vision", "slowfast", "prefill", "decode", "ttft", "total")
+PREFIX_CACHE_MB = 1024  # host memory for saved KV prefixes beyond the one in the decoder's buffer
 
 
 @dataclass
 class AskResult:
     """One answer, with the fields of `sfedge ask --json` (`choice`, the letter or None when the
-    answer names none, only for multiple choice)."""
+    answer names none, only for multiple choice). `timings_ms["ttft"]`: from the call (video in) to
+    the first token; `prefill`: the LLM's part of that."""
 
     answer: str
     token_ids: list[int]
     frame_indices: list[int]
     num_frames_total: int
     num_visual_tokens: int
+    prompt_tokens: int
+    reused_prompt_tokens: int
     timings_ms: dict[str, float]
     tokens_per_s: float
-    stop_reason: str = "eos"  # "eos", "max_new_tokens", or "cache_full" (the LLM's max_length reached)
+    stop_reason: str = "eos"  # "eos", "max_new_tokens", "length" (the engines' context is full) or "stop"
     choice: str | None = None
     options: list[str] | None = field(default=None, repr=False)
     first_logits: np.ndarray | None = field(default=None, repr=False)  # with record_logits only
@@ -55,28 +68,20 @@ class AskResult:
         return d
 
 
-@dataclass
-class Prepared:
-    """A question made ready for the LLM: the spliced prompt embeddings and what led to them."""
-
-    embeds: np.ndarray  # [1, L, D]
-    frame_indices: list[int]
-    num_frames_total: int
-    num_visual_tokens: int
-    timings_ms: dict[str, float]
-
-
 class Pipeline:
     """Engines opened once from a verified engines directory."""
 
     def __init__(self, engines_dir: str | Path, provider: str = "cpu", *, trt_cache_dir: str | Path | None = None,
-                 prefill_chunk: int | None = None, threads: int = 0):
+                 prefill_chunk: int | None = None, threads: int = 0, prefix_cache_mb: float = PREFIX_CACHE_MB,
+                 prefix_reuse: bool = True):
+        """`prefix_cache_mb`: host memory for saved KV prefixes besides the decoder's own buffer (0: the
+        buffer's alone); `prefix_reuse` False: every prompt is prefilled whole (cold benchmarks)."""
         root = Path(engines_dir)
         self.manifest = load_manifest(root)  # raises ManifestError before anything is loaded
         native = self.manifest.get("tensorrt", {}).get("plans", {})
         # native TensorRT plans for both vision stages need only the CUDA EP (for the LLM)
         check_provider("cuda" if provider == "tensorrt" and {"vision", "slowfast"} <= set(native) else provider)
-        self.root, self.provider, self.prefill_chunk = root, provider, prefill_chunk
+        self.root, self.provider = root, provider
         self.spec = PipelineSpec.from_dict(self.manifest["pipeline"])
         self.family = self.manifest.get("prompt_family", "vicuna")
         model, comps = self.manifest["model"], self.manifest["components"]
@@ -91,125 +96,139 @@ class Pipeline:
                              trt_cache_dir=cache / name, trt_opt={"T": self.spec.sampling.num_frames},
                              threads=threads, **kw)
 
-        self.vision, self.slowfast = engine("vision"), engine("slowfast")
+        self.max_frames = model.get("max_frames")
+        self.encoder = Encoder(engine("vision"), self.spec.preprocess, self.max_frames)
+        slowfast = engine("slowfast")
         shared = _shares_buffer(root, comps["llm"])
         # TensorRT takes vision and slowfast; the LLM's GroupQueryAttention (in-place KV buffer)
         # is a CUDA-EP contrib op TensorRT cannot build, so the LLM runs on the CUDA EP.
         llm = engine("llm", "cuda" if provider == "tensorrt" else provider, mem_reuse=shared)
         table = np.load(root / comps["embeddings"]["path"], mmap_mode="r")
-        self.decoder = Decoder(llm, table, root / comps["greedy_step"]["path"],
-                               kv_names=_kv_names(comps["llm"], model["num_layers"]),
-                               num_kv_heads=model["num_kv_heads"], head_dim=model["head_dim"],
-                               max_length=model["max_length"], shared=shared)
-        self.tokenizer = TextTokenizer(root / comps["tokenizer"]["path"])
-        self.bos, self.image_token_id = model.get("bos_token_id"), model["image_token_id"]
+        decoder = Decoder(llm, table, root / comps["greedy_step"]["path"],
+                          kv_names=_kv_names(comps["llm"], model["num_layers"]),
+                          num_kv_heads=model["num_kv_heads"], head_dim=model["head_dim"],
+                          max_length=model["max_length"], shared=shared)
         eos = model.get("eos_token_ids", model.get("eos_token_id"))
-        self.eos = frozenset([eos] if isinstance(eos, int) else eos or [])
-        self.max_frames = model.get("max_frames")
+        self.answerer = Answerer(slowfast, decoder, TextTokenizer(root / comps["tokenizer"]["path"]),
+                                 family=self.family, spec=self.spec.slowfast, bos=model.get("bos_token_id"),
+                                 image_token_id=model["image_token_id"],
+                                 eos=[eos] if isinstance(eos, int) else eos or [], prefill_chunk=prefill_chunk,
+                                 prefix_cache_bytes=int(prefix_cache_mb * 2**20), prefix_reuse=prefix_reuse)
+        # what makes visual tokens from frames: part of every visual key (the prefix cache's identity)
+        files = self.manifest.get("files", {})
+        self._visual_salt = json.dumps([self.spec.to_dict(), {k: v for k, v in sorted(files.items())
+                                                               if not k.startswith(("llm", "tokenizer"))}],
+                                       sort_keys=True, default=str).encode()
 
-    # --- steps ------------------------------------------------------------------------------
+    # the stages' parts, by their old names
+    vision = property(lambda self: self.encoder.vision)
+    slowfast = property(lambda self: self.answerer.slowfast)
+    decoder = property(lambda self: self.answerer.decoder)
+    tokenizer = property(lambda self: self.answerer.tokenizer)
 
     def prompt_ids(self, question: str, options: Sequence[str] | None = None) -> list[int]:
         """SPEC 5 prompt ids with one image token where the visual tokens go."""
-        try:
-            prompt = build_prompt(question, options, self.family)
-        except ValueError as e:
-            raise SfedgeError(str(e)) from None
-        return tokenize_prompt(prompt, self.tokenizer.encode, self.bos, self.image_token_id)
+        return self.answerer.prompt_ids(question, options)
 
-    def prepare(self, video: str | Path, question: str, options: Sequence[str] | None = None) -> Prepared:
-        """Decode, sample, preprocess, encode and pool the video; splice it into the prompt."""
-        timings: dict[str, float] = {}
-        ids = self.prompt_ids(question, options)
-        t = time.perf_counter()
-        clip = load_video(video, self.spec.sampling.num_frames)
-        timings["decode_video"] = _ms(t)
-        if self.max_frames and len(clip.frames) > self.max_frames:
-            raise SfedgeError(f"{len(clip.frames)} frames exceed the engines' max_frames {self.max_frames}")
-        t = time.perf_counter()
-        pixels = preprocess(clip.frames, self.spec.preprocess)
-        timings["preprocess"] = _ms(t)
-        visual = self._visual(pixels, timings)
-        expected = self.spec.slowfast.num_tokens(len(clip.frames))
-        if visual.shape[0] != expected:
-            raise SfedgeError(f"the slowfast engine made {visual.shape[0]} visual tokens for {len(clip.frames)} "
-                              f"frames, its manifest's settings say {expected}: engines and manifest disagree")
-        return Prepared(self.splice(ids, visual), list(clip.indices), int(clip.total), int(visual.shape[0]), timings)
+    def visual(self, frames: Sequence[np.ndarray], timings: dict[str, float] | None = None,
+               keys: Sequence[bytes] | None = None) -> Visual:
+        """The answer stage's view of these frames: their content key, and their features computed by
+        the encoder only if the answer stage asks (the prefix cache may already hold their tokens).
+        `keys`: the frames' `frame_key`s when the caller has them."""
+        keys = keys if keys is not None else [frame_key(f) for f in frames]
+        return self.window(keys, lambda: self.encoder.encode(frames, on_device=True, timings=timings))
 
-    def splice(self, ids: Sequence[int], visual: np.ndarray) -> np.ndarray:
-        """Token embeddings [1, L, D] with the image token replaced by the visual tokens."""
-        ids = list(ids)
-        if ids.count(self.image_token_id) != 1:
-            raise SfedgeError(f"the prompt must hold exactly one image token, found {ids.count(self.image_token_id)}")
-        pos = ids.index(self.image_token_id)
-        table = self.decoder.table
-        return np.concatenate([table[ids[:pos]], visual.astype(table.dtype), table[ids[pos + 1:]]])[None]
-
-    def _visual(self, pixels: np.ndarray, timings: dict[str, float]) -> np.ndarray:
-        t = time.perf_counter()
-        (features,) = self.vision.infer({next(iter(self.vision.inputs)): pixels}, on_device=True).values()
-        timings["vision"] = _ms(t)
-        t = time.perf_counter()
-        (visual,) = self.slowfast.infer({next(iter(self.slowfast.inputs)): features}).values()
-        timings["slowfast"] = _ms(t)
-        return visual.reshape(-1, visual.shape[-1])
+    def window(self, keys: Sequence[bytes], features) -> Visual:
+        """A window of frames already encoded (live video): the frames' content keys, in order, and a
+        callable giving their features [T, 576, D] (stacked only if the answer stage needs them)."""
+        h = hashlib.blake2b(self._visual_salt, digest_size=16)
+        for k in keys:
+            h.update(k)
+        return Visual(h.digest(), len(keys), features)
 
     # --- questions --------------------------------------------------------------------------
 
     def ask(self, video: str | Path, question: str, options: Sequence[str] | None = None,
-            gen: GenerationSpec = GenerationSpec(), on_token: Callable[[str], None] | None = None, *,
+            gen: GenerationSpec = GenerationSpec(), on_token=None, *, stop: Sequence[str] = (),
             record_logits: bool = False) -> AskResult:
-        """Answer one question about a video file or an image directory. `on_token` receives each
-        piece of text as soon as it is complete. With `record_logits`, the result carries the
-        first step's logits (a host copy, for parity checks)."""
-        for piece in self.stream(video, question, options, gen, record_logits=record_logits):
-            if on_token is not None:
-                on_token(piece)
-        return self.last_result
+        """Answer one question about a video file or an image directory (frames sampled per SPEC 2).
+        `on_token` receives each piece of text as soon as it is complete. With `record_logits`, the
+        result carries the first step's logits (a host copy, for parity checks)."""
+        return _drain(self.stream(video, question, options, gen, stop=stop, record_logits=record_logits), on_token)
+
+    def ask_frames(self, frames: Sequence[np.ndarray], question: str, options: Sequence[str] | None = None,
+                   gen: GenerationSpec = GenerationSpec(), on_token=None, *, stop: Sequence[str] = (),
+                   record_logits: bool = False) -> AskResult:
+        """Answer over exactly these frames (HxWx3 uint8 RGB, in order; no re-sampling)."""
+        return _drain(self.stream_frames(frames, question, options, gen, stop=stop, record_logits=record_logits),
+                      on_token)
 
     def stream(self, video: str | Path, question: str, options: Sequence[str] | None = None,
-               gen: GenerationSpec = GenerationSpec(), *, record_logits: bool = False) -> Iterator[str]:
+               gen: GenerationSpec = GenerationSpec(), *, stop: Sequence[str] = (),
+               record_logits: bool = False) -> Generator[str, None, AskResult]:
         """Yield the answer's text pieces as the tokens are generated; when the iterator is
-        exhausted, `self.last_result` holds the AskResult. Timings: `prefill` is the prompt through
-        the LLM up to the first token, `decode` the tokens after it (tokens_per_s counts those);
-        the time the caller spends between pieces (printing them, say) is not counted."""
-        start = time.perf_counter()
-        prep = self.prepare(video, question, options)
-        logits: list[np.ndarray] = []
-        tokens: list[int] = []
-        text: list[str] = []
-        detok = self.tokenizer.stream()
-        t_prefill = time.perf_counter()
-        t_first = None
-        paused = 0.0  # seconds the caller held control between pieces
-        for token in generate(self.decoder, prep.embeds, gen, self.eos, prefill_chunk=self.prefill_chunk,
-                              on_first_logits=logits.append if record_logits else None):
-            t_first = t_first or time.perf_counter()
-            tokens.append(token)
-            if piece := detok.push(token):
-                text.append(piece)
-                t_yield = time.perf_counter()
-                yield piece
-                paused += time.perf_counter() - t_yield
-        end = time.perf_counter() - paused
-        if tail := detok.flush():
-            text.append(tail)
-            yield tail
-        t_first = t_first or end
-        timings = dict(prep.timings_ms, prefill=(t_first - t_prefill) * 1e3, decode=(end - t_first) * 1e3,
-                       total=(end - start) * 1e3)
-        answer = "".join(text).strip()
-        steps = max(len(tokens) - 1, 0)  # tokens made by decode steps (the first comes from prefill)
+        exhausted, `self.last_result` holds the AskResult (also the generator's return value).
+        Timings: `prefill` is the prompt through the LLM up to the first token, `decode` the tokens
+        after it (tokens_per_s counts those); the time the caller spends between pieces (printing
+        them, say) is not counted."""
+        t0 = time.perf_counter()
+        self.answerer.prompt_ids(question, options)  # a bad question fails before the video is read
+        clip = load_video(video, self.spec.sampling.num_frames)
+        timings = {"decode_video": (time.perf_counter() - t0) * 1e3}
+        self._check_frames(len(clip.frames))
+        return (yield from self.stream_visual(self.visual(clip.frames, timings), question, options, gen, stop=stop,
+                                              record_logits=record_logits, t0=t0, frame_indices=list(clip.indices),
+                                              num_frames_total=int(clip.total), timings=timings))
+
+    def stream_frames(self, frames: Sequence[np.ndarray], question: str, options: Sequence[str] | None = None,
+                      gen: GenerationSpec = GenerationSpec(), *, stop: Sequence[str] = (),
+                      record_logits: bool = False, keys: Sequence[bytes] | None = None
+                      ) -> Generator[str, None, AskResult]:
+        """`stream` over exactly these frames (see `ask_frames`); `keys`: their `frame_key`s, if known."""
+        t0 = time.perf_counter()
+        self._check_frames(len(frames))
+        timings: dict[str, float] = {}
+        return (yield from self.stream_visual(self.visual(frames, timings, keys), question, options, gen, stop=stop,
+                                              record_logits=record_logits, t0=t0, timings=timings))
+
+    def stream_visual(self, visual: Visual, question: str, options: Sequence[str] | None = None,
+                      gen: GenerationSpec = GenerationSpec(), *, stop: Sequence[str] = (), record_logits: bool = False,
+                      t0: float | None = None, frame_indices: list[int] | None = None,
+                      num_frames_total: int | None = None, timings: dict[str, float] | None = None
+                      ) -> Generator[str, None, AskResult]:
+        """`stream` over a Visual (`visual` or `window`): the answer stage, wrapped into an AskResult.
+        `t0`: when the request began (ttft counts from there); `timings`: stages measured before."""
+        self._check_frames(visual.num_frames)
+        timings = timings if timings is not None else {}
+        answer: Answer = yield from self.answerer.stream(visual, question, options, gen, stop=stop,
+                                                         record_logits=record_logits, t0=t0)
+        timings.update(answer.timings_ms)
+        indices = frame_indices if frame_indices is not None else list(range(visual.num_frames))
+        total = num_frames_total if num_frames_total is not None else visual.num_frames
         self.last_result = AskResult(
-            answer=answer, token_ids=tokens, frame_indices=prep.frame_indices,
-            num_frames_total=prep.num_frames_total, num_visual_tokens=prep.num_visual_tokens,
-            timings_ms={k: round(timings.get(k, 0.0), 3) for k in STAGES},
-            tokens_per_s=round(steps / (end - t_first), 3) if steps and end > t_first else 0.0,
-            stop_reason=("max_new_tokens" if len(tokens) == gen.max_new_tokens else
-                         "cache_full" if self.decoder.length >= self.decoder.max_length else "eos"),
-            choice=parse_choice(answer, len(options)) if options else None,
-            options=list(options) if options else None, first_logits=logits[0] if logits else None,
-        )
+            answer=answer.text, token_ids=answer.token_ids, frame_indices=indices, num_frames_total=total,
+            num_visual_tokens=answer.num_visual_tokens, prompt_tokens=answer.prompt_tokens,
+            reused_prompt_tokens=answer.reused_prompt_tokens,
+            timings_ms={k: round(timings.get(k, 0.0), 3) for k in STAGES}, tokens_per_s=answer.tokens_per_s,
+            stop_reason=answer.stop_reason, choice=answer.choice, options=list(options) if options else None,
+            first_logits=answer.first_logits)
+        return self.last_result
+
+    def _check_frames(self, n: int) -> None:
+        if n == 0:
+            raise SfedgeError("no frames to answer about")
+        if self.max_frames and n > self.max_frames:
+            raise SfedgeError(f"{n} frames exceed the engines' max_frames {self.max_frames}")
+
+
+def _drain(stream: Generator[str, None, AskResult], on_token) -> AskResult:
+    while True:
+        try:
+            piece = next(stream)
+        except StopIteration as done:
+            return done.value
+        if on_token is not None:
+            on_token(piece)
 
 
 def parse_options(text: str) -> list[str]:
@@ -247,7 +266,3 @@ def _shares_buffer(root: Path, llm: dict) -> bool:
         return bool(json.loads(config.read_text())["search"].get("past_present_share_buffer", False))
     raise SfedgeError(f"cannot tell the LLM's KV-cache layout: no past_present_share_buffer in the manifest "
                       f"and no {config}")
-
-
-def _ms(start: float) -> float:
-    return (time.perf_counter() - start) * 1e3

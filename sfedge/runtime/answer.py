@@ -1,0 +1,194 @@
+"""The answer stage: the features of a window of frames + a question -> streamed answer tokens.
+
+SlowFast pooling (SPEC 4) over the window's features, the SPEC 5 prompt with the visual tokens
+spliced in at `<image>`, then the LLM (generate.py). Before prefilling, the prefix cache
+(prefix_cache.py) finds how much of the prompt is already in the KV cache: a second question about
+the same frames prefills only the tokens after the visual ones, and needs neither their features nor
+their pooling. The overflow policy lives here, once for every entry point: a prompt longer than the
+engines' context is refused with the numbers (visual tokens are never truncated); an answer that
+reaches the context stops with stop_reason "length".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Generator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import SfedgeError
+from ..prompts import build_prompt, parse_choice, tokenize_prompt
+from ..spec import GenerationSpec, SlowFastSpec
+from .engines import Engine
+from .generate import Decoder, generate
+from .prefix_cache import PrefixCache
+from .tokenizer import TextTokenizer
+
+STOP_REASONS = ("eos", "max_new_tokens", "length", "stop")
+
+
+@dataclass
+class Visual:
+    """The frames a question is about, as the answer stage needs them: `key` identifies their
+    content (and the settings that made their features), `features()` computes [T, 576, D] (a numpy
+    array or an OrtValue); it is called only when the visual tokens are not in the KV cache already."""
+
+    key: bytes
+    num_frames: int
+    features: Callable[[], object]
+
+
+@dataclass
+class Answer:
+    """One answer: its text and tokens, and what it took. `timings_ms`: slowfast (0 when the visual
+    tokens came from the prefix cache), prefill (up to the first token), decode (the rest, without
+    the time the consumer held control), ttft (from `t0` to the first token), total (from `t0`)."""
+
+    text: str
+    token_ids: list[int]
+    num_visual_tokens: int
+    prompt_tokens: int  # positions the prompt takes in the LLM, visual tokens included
+    reused_prompt_tokens: int  # of those, taken from the prefix cache instead of being prefilled
+    timings_ms: dict[str, float]
+    tokens_per_s: float
+    stop_reason: str  # one of STOP_REASONS
+    choice: str | None = None
+    first_logits: np.ndarray | None = field(default=None, repr=False)
+
+
+class Answerer:
+    """The SlowFast engine, the LLM decoder, the tokenizer and the prefix cache, opened once."""
+
+    def __init__(self, slowfast: Engine, decoder: Decoder, tokenizer: TextTokenizer, *, family: str,
+                 spec: SlowFastSpec, bos: int | None, image_token_id: int, eos: Collection[int],
+                 prefill_chunk: int | None = None, prefix_cache_bytes: int = 0, prefix_reuse: bool = True):
+        self.slowfast, self.decoder, self.tokenizer = slowfast, decoder, tokenizer
+        self.family, self.spec, self.bos, self.image_token_id = family, spec, bos, image_token_id
+        self.eos, self.prefill_chunk = frozenset(eos), prefill_chunk
+        self.prefix = PrefixCache(decoder, prefix_cache_bytes, enabled=prefix_reuse)
+        self._input = next(iter(slowfast.inputs))
+
+    def prompt_ids(self, question: str, options: Sequence[str] | None = None) -> list[int]:
+        """SPEC 5 prompt ids with one image token where the visual tokens go."""
+        try:
+            prompt = build_prompt(question, options, self.family)
+        except ValueError as e:
+            raise SfedgeError(str(e)) from None
+        return tokenize_prompt(prompt, self.tokenizer.encode, self.bos, self.image_token_id)
+
+    def pool(self, features) -> np.ndarray:
+        """Features [T, 576, D] -> visual tokens [2880 + 16 T, D] (SPEC 4, the exported graph)."""
+        (visual,) = self.slowfast.infer({self._input: features}).values()
+        return visual.reshape(-1, visual.shape[-1])
+
+    def splice(self, ids: Sequence[int], visual: np.ndarray) -> np.ndarray:
+        """Token embeddings [1, L, D] with the image token replaced by the visual tokens."""
+        pos = self._image_position(ids)
+        table = self.decoder.table
+        return np.concatenate([table[list(ids[:pos])], visual.astype(table.dtype), table[list(ids[pos + 1:])]])[None]
+
+    def _image_position(self, ids: Sequence[int]) -> int:
+        ids = list(ids)
+        if ids.count(self.image_token_id) != 1:
+            raise SfedgeError(f"the prompt must hold exactly one image token, found {ids.count(self.image_token_id)}")
+        return ids.index(self.image_token_id)
+
+    def stream(self, visual: Visual, question: str, options: Sequence[str] | None = None,
+               gen: GenerationSpec = GenerationSpec(), *, stop: Sequence[str] = (), record_logits: bool = False,
+               t0: float | None = None) -> Generator[str, None, Answer]:
+        """Yield the answer's text pieces as tokens are made; the generator's return value (what
+        `yield from` gives) is the Answer. `stop`: strings that end the answer where they first
+        appear (not included; stop_reason "stop"), also when they span several pieces. `t0`: the
+        perf_counter time the caller's request began (ttft and total count from there)."""
+        t0 = time.perf_counter() if t0 is None else t0
+        ids = self.prompt_ids(question, options)
+        pos = self._image_position(ids)
+        n_visual = self.spec.num_tokens(visual.num_frames)
+        items = [*ids[:pos], *((visual.key, i) for i in range(n_visual)), *ids[pos + 1:]]
+        dec = self.decoder
+        if len(items) > dec.max_length:
+            raise SfedgeError(f"the prompt needs {len(items)} positions ({n_visual} visual tokens for "
+                              f"{visual.num_frames} frames + {len(ids) - 1} text tokens) but the engines' context "
+                              f"holds {dec.max_length}: use fewer frames or export with a larger context")
+        timings = {"slowfast": 0.0}
+        start = self.prefix.prepare(items, keep=pos + n_visual)
+        if start < pos + n_visual:  # some visual tokens must be prefilled: pool the features
+            t = time.perf_counter()
+            pooled = self.pool(visual.features())
+            timings["slowfast"] = (time.perf_counter() - t) * 1e3
+            if pooled.shape[0] != n_visual:
+                raise SfedgeError(f"the slowfast engine made {pooled.shape[0]} visual tokens for {visual.num_frames} "
+                                  f"frames, its manifest's settings say {n_visual}: engines and manifest disagree")
+            embeds = self.splice(ids, pooled)[:, start:]
+        else:  # only text after the visual tokens is new
+            embeds = dec.table[ids[pos + 1 + start - (pos + n_visual):]][None]
+
+        logits: list[np.ndarray] = []
+        tokens: list[int] = []
+        text: list[str] = []
+        detok, stops = self.tokenizer.stream(), StopMatcher(stop)
+        t_prefill = time.perf_counter()
+        t_first = None
+        paused = 0.0  # seconds the consumer held control between pieces
+        stopped = False
+        for token in generate(dec, embeds, gen, self.eos, prefill_chunk=self.prefill_chunk, start=start,
+                              items=items[start:], on_first_logits=logits.append if record_logits else None):
+            t_first = t_first or time.perf_counter()
+            tokens.append(token)
+            piece, stopped = stops.push(detok.push(token))
+            if piece:
+                text.append(piece)
+                t_yield = time.perf_counter()
+                yield piece
+                paused += time.perf_counter() - t_yield
+            if stopped:
+                break
+        end = time.perf_counter() - paused
+        if not stopped:
+            tail, stopped = stops.push(detok.flush())
+            tail += "" if stopped else stops.flush()
+            if tail:
+                text.append(tail)
+                yield tail
+        t_first = t_first or end
+        timings.update(prefill=(t_first - t_prefill) * 1e3, decode=(end - t_first) * 1e3,
+                       ttft=(t_first - t0) * 1e3, total=(end - t0) * 1e3)
+        steps = max(len(tokens) - 1, 0)  # tokens made by decode steps (the first comes from prefill)
+        answer = "".join(text).strip()
+        return Answer(
+            text=answer, token_ids=tokens, num_visual_tokens=n_visual, prompt_tokens=len(items),
+            reused_prompt_tokens=start, timings_ms=timings,
+            tokens_per_s=round(steps / (end - t_first), 3) if steps and end > t_first else 0.0,
+            stop_reason=("stop" if stopped else "max_new_tokens" if len(tokens) == gen.max_new_tokens else
+                         "length" if dec.length >= dec.max_length else "eos"),
+            choice=parse_choice(answer, len(options)) if options else None,
+            first_logits=logits[0] if logits else None,
+        )
+
+
+class StopMatcher:
+    """Text pieces in, text out up to the first stop string. Text that could be the start of a stop
+    string is held back until the next piece decides it."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+
+    def push(self, piece: str) -> tuple[str, bool]:
+        """Add a piece; return (text that is safe to emit, whether a stop string was found)."""
+        if not self.stops:
+            return piece, False
+        self.pending += piece
+        found = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if found:
+            out, self.pending = self.pending[:min(found)], ""
+            return out, True
+        hold = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
+        out = self.pending[:len(self.pending) - hold]
+        self.pending = self.pending[len(out):]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
