@@ -84,7 +84,7 @@ def build_steps(cfg: dict, work: Path) -> list[Step]:
         steps += [bench(f"L{d}", p, "b") for p in cfg["precisions"]]
     steps.append(Step("validate-tiny-cuda", me + ["validate-tiny-cuda"], 60, resources=gpu, part="a"))
     if cfg.get("full", True):
-        steps += [Step("make-full", me + ["make-full"], 90, part="c", filler=True, parallel=True),
+        steps += [Step("make-full", me + ["make-full"], 90, part="c", parallel=True),
                   Step("export-fp16-full", me + ["export-fp16-full"], 360, needs=("make-full",), part="c",
                        parallel=True),
                   Step("ref-full", me + ["ref-full"], 90, needs=("export-fp16-full", "clip"), part="c"),

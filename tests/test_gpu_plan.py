@@ -151,7 +151,7 @@ def test_plan_order_is_by_value():
     assert pos("bench-fp16-L8") < pos("make-full") < pos("bench-fp16-full")
     steps = {s.name: s for s in build_steps(cfg, Path("/w"))}
     assert steps["bench-fp16-L4"].resources and not steps["export-fp16-L4"].resources  # exports need no CUDA ORT
-    assert steps["export-fp16-L4"].filler and not steps["export-fp16-full"].filler
+    assert steps["export-fp16-L4"].filler and not steps["make-full"].filler and not steps["export-fp16-full"].filler
 
 
 def test_per_layer_and_derived_figures():
@@ -202,3 +202,36 @@ def test_dry_run_on_cpu_with_the_toy_preset(tmp_path, engines_fp32, pipeline_fp3
     assert bench["engine"]["stages_ms"]["ttft"]["median"] >= bench["engine"]["stages_ms"]["prefill"]["median"]
     summary = json.loads((out / "summary.json").read_text())
     assert "bench-fp16-L1" in summary["benches"] and (out / "summary.txt").read_text().startswith("device cpu")
+
+
+def test_the_real_plan_by_its_estimates(tmp_path, monkeypatch):
+    """build_steps' GPU plan on the fake clock, every step taking its estimate, the CUDA onnxruntime
+    arriving 100 s in: (a) first once it is there, then (b) at both depths within 660 s; (c) left out."""
+    import gpu_plan
+
+    ready = tmp_path / "ort-ready"
+    monkeypatch.setattr(gpu_plan, "ORT_READY", ready)
+    cfg = {"provider": "cuda", "depths": [4, 8], "precisions": ["fp16", "int4"], "full": True}
+    steps = gpu_plan.build_steps(cfg, tmp_path)
+    clock = FakeClock()
+    launched: list = []
+    plan = _plan(tmp_path, steps, {s.name: s.estimate_s for s in steps}, 660, clock, launched=launched)
+    plan.max_parallel = 4
+    orig = clock.sleep
+
+    def sleep(dt):
+        orig(dt)
+        if clock.t >= 100:
+            ready.touch()
+
+    plan.sleep = sleep
+    state = plan.run()
+    st = {k: v["status"] for k, v in state["steps"].items()}
+    at = dict(launched)
+    assert all(st[n] == DONE for n in ("cuda-tokens", "gpu-tests", "bench-fp16-L4", "bench-int4-L4", "bench-fp16-L8",
+                                       "bench-int4-L8")), st
+    assert at["cuda-tokens"] < min(at[n] for n in at if n.startswith("bench"))
+    assert at["export-fp16-L8"] < at["cuda-tokens"]  # the second depth's exports ran as fillers, early
+    assert at["bench-int4-L8"] + 60 <= 660  # the docs' timeline: the last bench ends at 640 s
+    assert st["make-full"] == LEFT_OUT and "estimate" in state["steps"]["make-full"]["reason"]
+    assert st["bench-fp16-full"] == LEFT_OUT
