@@ -193,3 +193,14 @@ def test_cuda_that_does_not_start_is_a_clear_error_with_the_notes(monkeypatch, t
     with pytest.warns(UserWarning), pytest.raises(SfedgeError, match="failed to start.*libcudnn.so.9"):
         engines.OrtEngine(path, "cuda")
     assert engines.OrtEngine(path, "cpu").infer({"x": np.ones(2, np.float32)})["y"].tolist() == [2.0, 2.0]
+
+
+def test_device_memory_reading_without_a_cuda_runtime(monkeypatch):
+    """No libcudart in this process: nvidia-smi's figure, or None with the reason (never polled)."""
+    from sfedge.bench import memory
+
+    monkeypatch.setattr(memory, "_loaded_cudart", lambda: None)
+    monkeypatch.setattr(memory, "gpu_used_mb", lambda index=0: None)
+    assert memory.cuda_used_mb() == (None, "no CUDA runtime loaded and no nvidia-smi")
+    monkeypatch.setattr(memory, "gpu_used_mb", lambda index=0: 1234.0)
+    assert memory.cuda_used_mb() == (1234.0, "nvidia-smi memory.used")
