@@ -127,3 +127,18 @@ def test_a_checkpoint_without_tokenizer_json_gets_one_that_passes(sp_chatml_dir,
     files = copy_tokenizer(ckpt, tmp_path / "tok")
     assert "tokenizer.json" in files
     assert guard(ckpt, tmp_path / "tok", "chatml")["passed"]
+
+
+def test_pipeline_refuses_engines_whose_tokenizer_no_longer_agrees(engines_fp32, monkeypatch):
+    """Pipeline re-checks the canaries when it opens: a tokenizers library that now splits text
+    differently (simulated: one id changed for every chunk) is refused with one line."""
+    from sfedge.errors import ManifestError
+    from sfedge.manifest import load_manifest
+    from sfedge.runtime.pipeline import Pipeline
+    from sfedge.runtime.tokenizer import TextTokenizer
+
+    assert load_manifest(engines_fp32, verify_files=False)["tokenizer_guard"]["canaries"]
+    real = TextTokenizer.encode
+    monkeypatch.setattr(TextTokenizer, "encode", lambda self, text: [*real(self, text), 7])
+    with pytest.raises(ManifestError, match="no longer agrees"):
+        Pipeline(engines_fp32)

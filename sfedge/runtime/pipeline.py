@@ -32,7 +32,7 @@ from .answer import Answer, Answerer, Visual
 from .encoder import Encoder, frame_key
 from .engines import OrtEngine, check_provider
 from .generate import Decoder
-from .tokenizer import TextTokenizer
+from .tokenizer import TextTokenizer, check_canary
 from .trt_engine import TrtEngine, native_plan
 from .video import load_video
 
@@ -109,7 +109,9 @@ class Pipeline:
                           num_kv_heads=model["num_kv_heads"], head_dim=model["head_dim"],
                           max_length=model["max_length"], shared=shared)
         eos = model.get("eos_token_ids", model.get("eos_token_id"))
-        self.answerer = Answerer(slowfast, decoder, TextTokenizer(root / comps["tokenizer"]["path"]),
+        tokenizer = TextTokenizer(root / comps["tokenizer"]["path"])
+        check_canary(tokenizer, self.manifest)  # the ids the export's tokenizer guard recorded
+        self.answerer = Answerer(slowfast, decoder, tokenizer,
                                  family=self.family, spec=self.spec.slowfast, bos=model.get("bos_token_id"),
                                  image_token_id=model["image_token_id"],
                                  eos=[eos] if isinstance(eos, int) else eos or [], prefill_chunk=prefill_chunk,
