@@ -17,7 +17,7 @@ import warnings
 
 import pytest
 
-from sfedge.commands.verify import FP32_LOGITS_TOLERANCE, reference_visual_tokens, stage_errors, token_parity
+from sfedge.parity import FP32_LOGITS_TOLERANCE, reference_visual_tokens, stage_errors, token_parity
 
 OPEN = ("What is moving in the video?", "Which direction does the red circle go?", "Describe the scene.",
         "¿Qué pasa? 🙂 Any non-ASCII text?")

@@ -15,7 +15,7 @@ import warnings
 
 import pytest
 
-from sfedge.commands.verify import FP32_LOGITS_TOLERANCE, reference_visual_tokens, token_parity
+from sfedge.parity import FP32_LOGITS_TOLERANCE, reference_visual_tokens, token_parity
 from sfedge.reference.slow_tokenizer import SlowSentencePiece
 
 COLOURS = ("red", "green", "blue")

@@ -28,7 +28,7 @@ def cold(engines, video, question, options=None, gen=GEN):
 def assert_same_tokens(got, want, reference, pipe, video, question, options=None):
     if got.token_ids == want.token_ids:
         return
-    from sfedge.commands.verify import _reference_logits_at, reference_visual_tokens, top2_gap
+    from sfedge.parity import reference_logits_at as _reference_logits_at, reference_visual_tokens, top2_gap
 
     k = common_prefix(got.token_ids, want.token_ids)
     _, _, visual = reference_visual_tokens(reference, pipe, video)

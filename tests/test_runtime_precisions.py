@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import export_tiny
 
-from sfedge.commands.verify import reference_visual_tokens, rel_error
+from sfedge.parity import reference_visual_tokens, rel_error
 from sfedge.spec import GenerationSpec
 
 pytestmark = pytest.mark.slow

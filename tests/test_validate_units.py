@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sfedge.export.validate import errors, table_errors
+from sfedge.parity import errors, table_errors
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])

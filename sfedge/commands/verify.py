@@ -3,27 +3,24 @@
 Per stage, each engine gets the reference's own input, so an error is that stage's alone:
 vision (pixels -> features), slowfast (features -> visual tokens); then the whole chain:
 first-step logits (engines from the video vs the reference from the video) and greedy tokens.
-
-Relative error = max|engine - reference| / max|reference|.
-
-Greedy tokens may differ only where the reference itself nearly ties: at the first differing
-step the reference's top-2 logit gap is measured by running the reference LM on the prompt plus
-the reference's own tokens before that step (`top2_gap`). Verdicts: "match", "near-tie" (gap below
-NEAR_TIE), "mismatch".
+The metrics, tolerances and the pass/fail rule are `sfedge.parity`'s (shared with export
+validation). Exit 1 at every precision when prompt ids differ, logits are not finite, the
+first-step logits are past the precision's tolerance, or greedy tokens differ where the reference
+does not nearly tie. int4 engines are compared with the reference running the int4 weights
+(`sfedge.export.int4.int4_weights`: the checkpoint's weights quantized and dequantized in numpy),
+after their packed weights were checked bit for bit against that quantization.
 """
 
 from __future__ import annotations
 
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
-
+from ..parity import compare, failures, verdict
 from ._common import add_json_flag, existing_path, print_json, utf8_text
 
 HELP = "compare exported engines with the PyTorch reference on a synthetic clip (per-stage errors, token parity)"
-NEAR_TIE = 1e-3
-FP32_LOGITS_TOLERANCE = 1e-4
 DEFAULT_QUESTION = "What happens in the video?"
 
 
@@ -36,99 +33,6 @@ def add_arguments(p) -> None:
     p.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens compared (default 16)")
     p.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu")
     add_json_flag(p)
-
-
-def rel_error(engine: np.ndarray, reference: np.ndarray) -> float:
-    """max|engine - reference| / max|reference| (both as float64)."""
-    engine, reference = np.asarray(engine, np.float64), np.asarray(reference, np.float64)
-    if engine.shape != reference.shape:
-        raise ValueError(f"shape {engine.shape} vs reference {reference.shape}")
-    return float(np.abs(engine - reference).max() / max(np.abs(reference).max(), 1e-30))
-
-
-def top2_gap(logits: np.ndarray) -> float:
-    """Largest minus second-largest logit."""
-    top = np.partition(np.asarray(logits, np.float64), -2)[-2:]
-    return float(top[1] - top[0])
-
-
-def reference_visual_tokens(reference, pipeline, video):
-    """(pixels [T,3,336,336], the reference's features [T,576,D] and visual tokens [N,D]) for a video."""
-    import torch
-
-    from ..runtime.preprocess import preprocess
-    from ..runtime.video import load_video
-
-    clip = load_video(video, pipeline.spec.sampling.num_frames)
-    pixels = preprocess(clip.frames, pipeline.spec.preprocess)
-    features = reference.vision_features(torch.from_numpy(pixels)).float()
-    return pixels, features, reference.pool(features).float()
-
-
-def stage_errors(pipeline, pixels, ref_features, ref_visual) -> dict:
-    """Vision and SlowFast engines each on the reference's own input: their relative errors."""
-    (features,) = pipeline.vision.infer({next(iter(pipeline.vision.inputs)): pixels}).values()
-    name = next(iter(pipeline.slowfast.inputs))
-    (visual,) = pipeline.slowfast.infer({name: ref_features.numpy().astype(pipeline.slowfast.inputs[name].dtype)}).values()
-    return {"num_frames": len(pixels), "num_visual_tokens": int(ref_visual.shape[0]),
-            "vision_rel_err": rel_error(features, ref_features.numpy()),
-            "slowfast_rel_err": rel_error(visual.reshape(ref_visual.shape), ref_visual.numpy())}
-
-
-def token_parity(pipeline, reference, video, question: str, options, ref_visual, max_new_tokens: int = 16) -> dict:
-    """The whole chain on both sides (the reference from `ref_visual`, the engines from the video):
-    prompt ids, first-step logits error, greedy tokens and the verdict."""
-    from ..spec import GenerationSpec
-
-    gen = GenerationSpec(max_new_tokens=max_new_tokens)
-    ids = reference.prompt_ids(question, options)
-    ref_embeds = reference.inputs_embeds(ids, ref_visual)
-    ref_logits = reference.first_step_logits(ref_embeds).numpy()
-    ref_tokens = reference.generate(ref_embeds, gen)
-    result = pipeline.ask(video, question, options, gen, record_logits=True)
-    report = {
-        "video": str(video), "question": question, "options": list(options) if options else None,
-        "prompt_ids_match": pipeline.prompt_ids(question, options) == list(ids),
-        "first_logits_rel_err": rel_error(result.first_logits, ref_logits),
-        "ref_tokens": ref_tokens, "engine_tokens": result.token_ids,
-        "tokens_match": ref_tokens == result.token_ids,
-        "ref_answer": reference.decode(ref_tokens), "engine_answer": result.answer, "choice": result.choice,
-        "first_diff_step": None, "top2_gap": None,
-    }
-    if not report["tokens_match"]:
-        step = next((i for i, (a, b) in enumerate(zip(ref_tokens, result.token_ids)) if a != b),
-                    min(len(ref_tokens), len(result.token_ids)))
-        report["first_diff_step"] = step
-        report["top2_gap"] = top2_gap(_reference_logits_at(reference, ref_embeds, ref_tokens[:step]))
-    report["verdict"] = ("match" if report["tokens_match"] else
-                         "near-tie" if report["top2_gap"] < NEAR_TIE else "mismatch")
-    return report
-
-
-def compare(pipeline, reference, video, question: str, options=None, max_new_tokens: int = 16) -> dict:
-    """Per-stage errors and token parity on one (video, question)."""
-    pixels, ref_features, ref_visual = reference_visual_tokens(reference, pipeline, video)
-    return {**stage_errors(pipeline, pixels, ref_features, ref_visual),
-            **token_parity(pipeline, reference, video, question, options, ref_visual, max_new_tokens)}
-
-
-def _reference_logits_at(reference, prompt_embeds, prefix: list[int]) -> np.ndarray:
-    """The reference's logits for the token after `prefix` (its own earlier tokens): the reference
-    LM run without a cache on the prompt embeddings followed by the prefix's token embeddings."""
-    import torch
-
-    table = reference.model.get_input_embeddings()
-    with torch.inference_mode():
-        tail = table(torch.tensor(prefix, dtype=torch.long)).to(prompt_embeds.dtype)[None]
-        return reference.first_step_logits(torch.cat([prompt_embeds, tail], dim=1)).numpy()
-
-
-def passed(report: dict, precision: str) -> bool:
-    """fp32 engines must match (near-ties allowed) with first-step logits within 1e-4; other
-    precisions only report their errors."""
-    if precision != "fp32":
-        return True
-    return report["verdict"] != "mismatch" and report["first_logits_rel_err"] < FP32_LOGITS_TOLERANCE
 
 
 def format_report(report: dict) -> str:
@@ -146,6 +50,8 @@ def format_report(report: dict) -> str:
 
 
 def run(args) -> int:
+    from ..export.int4 import check_weights, int4_weights
+    from ..export.validate import int4_settings
     from ..manifest import load_manifest
     from ..reference.model import SlowFastLlava
     from ..runtime.pipeline import Pipeline, parse_options
@@ -157,14 +63,23 @@ def run(args) -> int:
     reference = SlowFastLlava.from_pretrained(args.model, spec=pipe.spec, lazy_upcast=True)
     utf8_text(args.question, "question")
     options = parse_options(utf8_text(args.options, "--options value")) if args.options is not None else None
-    with tempfile.TemporaryDirectory() as tmp:
+    precision = pipe.manifest.get("precision", "fp32")
+    int4 = int4_settings(Path(args.engines), pipe.manifest)
+    weights = check_weights(reference, int4["model"]) if int4 else None
+    with tempfile.TemporaryDirectory() as tmp, int4_weights(reference, int4["block_size"]) if int4 else nullcontext():
         video = existing_path(args.video, "video") if args.video else make_clip(Path(tmp) / "clip.mp4", 60, seed=0)
         report = compare(pipe, reference, video, args.question, options, args.max_new_tokens)
-    precision = pipe.manifest.get("precision", "fp32")
-    report.update(precision=precision, passed=passed(report, precision))
+    device = "cpu" if args.provider == "cpu" else "cuda"
+    problems = failures(report, precision, device) + ([weights["failure"]] if weights and not weights["passed"] else [])
+    report.update(precision=precision, verdict=verdict(report, precision, device), passed=not problems, failures=problems,
+                  int4_weights=weights and {k: v for k, v in weights.items() if k != "mismatches"})
     if args.json:
         print_json(report)
     else:
         print(format_report(report))
+        if weights:
+            print(f"int4 weights      {'bit-identical' if weights['passed'] else 'DIFFER'} ({weights['checked']} MatMulNBits)")
+        for problem in problems:
+            print(f"FAIL: {problem}")
         print(f"verdict: {'PASS' if report['passed'] else 'FAIL'} ({precision})")
     return 0 if report["passed"] else 1

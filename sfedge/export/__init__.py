@@ -111,7 +111,7 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
     from .slowfast import export_slowfast
     from .step import export_step
     from .tokenizer_guard import guard
-    from .validate import compare, reference_cases
+    from .validate import compare, int4_settings, reference_cases
     from .vision import export_vision
 
     started = time.perf_counter()
@@ -187,7 +187,7 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
         }
         if validate:
             bar.step("reference outputs")
-            cases = reference_cases(ref, max_frames)
+            cases = reference_cases(ref, max_frames, int4=int4_settings(root, manifest))
         del ref  # the PyTorch model is gone before any ONNX session is made: peak RAM is one model
         _release_memory()
         if validate:

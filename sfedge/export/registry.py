@@ -47,13 +47,35 @@ OPSET = 18  # >= 17 for LayerNormalization; the builder's LLM graph is opset 22,
 REL_TOL: dict[str, dict[str, float]] = {
     "vision": {"fp32": 1e-5, "fp16": 3e-2},
     "slowfast": {"fp32": 1e-5, "fp16": 1e-3},
-    "llm": {"fp32": 1e-4, "fp16": 2e-2},
-    "chain": {"fp32": 1e-4, "fp16": 5e-2},
+    "llm": {"fp32": 1e-4, "fp16": 2e-2, "int4": 0.15},
+    "chain": {"fp32": 1e-4, "fp16": 5e-2, "int4": 0.15},
 }
 MIN_COSINE: dict[str, dict[str, float]] = {
-    "llm": {"int4": 0.7},
-    "chain": {"int4": 0.7},
+    "llm": {"int4": 0.99},
+    "chain": {"int4": 0.99},
 }
+# On the CUDA provider (whose kernels differ: fp16 accumulation in places, other fused attention,
+# an fp16 decoder at fp16 and int4) these replace the CPU-measured bounds above. Not measured
+# here (no GPU in the task that set them): the previous, looser bounds, kept as headroom.
+CUDA_REL_TOL: dict[str, dict[str, float]] = {
+    "vision": {"fp16": 3e-2},
+    "llm": {"fp16": 2e-2, "int4": 0.3},
+    "chain": {"fp16": 5e-2, "int4": 0.3},
+}
+CUDA_MIN_COSINE: dict[str, dict[str, float]] = {"llm": {"int4": 0.95}, "chain": {"int4": 0.95}}
+
+
+def rel_tol(name: str, precision: str, device: str = "cpu") -> float | None:
+    """The rel bound for component `name` at `precision` on `device` (None: not bounded)."""
+    if device == "cuda" and precision in CUDA_REL_TOL.get(name, {}):
+        return CUDA_REL_TOL[name][precision]
+    return REL_TOL.get(name, {}).get(precision)
+
+
+def min_cosine(name: str, precision: str, device: str = "cpu") -> float | None:
+    if device == "cuda" and precision in CUDA_MIN_COSINE.get(name, {}):
+        return CUDA_MIN_COSINE[name][precision]
+    return MIN_COSINE.get(name, {}).get(precision)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Errors are reported as `max_abs` = max |onnx - torch|, `rel` = max_abs / max |torch| (relative
 to the reference's range, so near-zero entries do not blow it up) and `cosine` (of the mean-centred
-outputs). Bounds and their justification: `registry.REL_TOL` / `registry.MIN_COSINE`. Inputs are
+outputs). Bounds and their justification: `registry.rel_tol` / `registry.min_cosine` (per device). Inputs are
 random, at frame counts other than the export dummies' (vision 2, slowfast 3): 1, 7 and 50,
 capped at max_frames. The chain runs a synthetic clip through vision.onnx -> slowfast.onnx ->
 embeddings splice -> llm prefill and compares first-step logits with
@@ -17,6 +17,7 @@ after all checks ran.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import tempfile
 from pathlib import Path
@@ -25,8 +26,9 @@ import numpy as np
 import torch
 
 from ..errors import ValidationError
+from ..parity import errors, table_errors  # noqa: F401  (the metrics; re-exported for callers)
 from ..spec import IMAGE_SIZE, TOKENS_PER_FRAME
-from .registry import MIN_COSINE, REL_TOL
+from .registry import min_cosine, rel_tol
 
 FRAME_COUNTS = (1, 7, 50)
 LLM_SEQ_LENS = (1, 7, 50)
@@ -61,49 +63,19 @@ def session(path: Path, device: str = "cpu"):
                                 providers=providers)
 
 
-def errors(out: np.ndarray, ref: np.ndarray) -> dict:
-    if np.shape(out) != np.shape(ref):
-        return {"max_abs": float("inf"), "rel": float("inf"), "cosine": 0.0,
-                "shape": list(np.shape(out)), "expected_shape": list(np.shape(ref))}
-    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
-    max_abs = float(np.max(np.abs(out - ref)))
-    a, b = out.ravel() - out.mean(), ref.ravel() - ref.mean()
-    cosine = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-300))
-    return {"max_abs": max_abs, "rel": max_abs / max(float(np.max(np.abs(ref))), 1e-30), "cosine": cosine}
-
-
-def table_errors(out: np.ndarray, ref: np.ndarray, rows: int = 4096) -> dict:
-    """`errors` over row blocks of two [V, D] tables: a float64 copy of a whole 128k x 3072 table
-    is 3 GB, and `errors` makes several."""
-    if out.shape != ref.shape:
-        return errors(out, ref)  # the misshapen-output report; nothing is converted
-    n = out.size
-    mean_out = sum(float(np.sum(out[i:i + rows], dtype=np.float64)) for i in range(0, len(ref), rows)) / n
-    mean_ref = sum(float(np.sum(ref[i:i + rows], dtype=np.float64)) for i in range(0, len(ref), rows)) / n
-    max_abs = max_ref = dot = norm_out = norm_ref = 0.0
-    for i in range(0, len(ref), rows):
-        a, b = np.array(out[i:i + rows], np.float64), np.array(ref[i:i + rows], np.float64)  # copies
-        max_abs, max_ref = max(max_abs, float(np.max(np.abs(a - b)))), max(max_ref, float(np.max(np.abs(b))))
-        a -= mean_out
-        b -= mean_ref
-        dot, norm_out, norm_ref = dot + float(np.vdot(a, b)), norm_out + float(np.vdot(a, a)), norm_ref + float(np.vdot(b, b))
-    cosine = dot / max(np.sqrt(norm_out * norm_ref), 1e-300)
-    return {"max_abs": max_abs, "rel": max_abs / max(max_ref, 1e-30), "cosine": cosine}
-
-
-def _summary(name: str, cases: dict, precision: str) -> dict:
+def _summary(name: str, cases: dict, precision: str, device: str = "cpu") -> dict:
     """Worst case over `cases` against the component's bounds for `precision`; `failure` says why."""
-    rel_tol, min_cos = REL_TOL[name].get(precision), MIN_COSINE.get(name, {}).get(precision)
+    tol, min_cos = rel_tol(name, precision, device), min_cosine(name, precision, device)
     rel = max(e["rel"] for e in cases.values())
     cosine = min(e["cosine"] for e in cases.values())
     failure = None
     if not np.isfinite(rel):
         failure = f"{name}: non-finite or misshapen output ({precision})"
-    elif rel_tol is not None and not rel < rel_tol:
-        failure = f"{name} rel {rel:.3g} >= {rel_tol:g} ({precision})"
+    elif tol is not None and not rel < tol:
+        failure = f"{name} rel {rel:.3g} >= {tol:g} ({precision})"
     elif min_cos is not None and not cosine >= min_cos:
         failure = f"{name} cosine {cosine:.3g} < {min_cos:g} ({precision})"
-    return {"precision": precision, "rel_tol": rel_tol, "min_cosine": min_cos, "cases": cases,
+    return {"precision": precision, "rel_tol": tol, "min_cosine": min_cos, "cases": cases,
             "max_abs": max(e["max_abs"] for e in cases.values()), "rel": rel, "cosine": cosine,
             "passed": failure is None, "failure": failure}
 
@@ -145,10 +117,17 @@ def _reference_logits(ref, embeds: np.ndarray) -> np.ndarray:
 CHAIN_QUESTION = "What is happening in the video?"
 
 
-def reference_cases(ref, max_frames: int, question: str = CHAIN_QUESTION, seed: int = 0) -> dict:
+def reference_cases(ref, max_frames: int, question: str = CHAIN_QUESTION, seed: int = 0, int4: dict | None = None) -> dict:
     """Phase 1, PyTorch only: every input the checks feed and every expected output, as numpy.
     Computing them all first lets the caller free the reference before any ONNX session is made,
-    so peak RAM is one model (the reference or the decoder), not both."""
+    so peak RAM is one model (the reference or the decoder), not both.
+
+    `int4` ({"model": the decoder's model.onnx, "block_size": n}) for an int4 decoder: its packed
+    weights are checked bit for bit against `int4.quantize_blocks` of the checkpoint (half a), and
+    the decoder's and the chain's expected logits come from the reference running those
+    dequantized weights (half b), so the int4 tolerance bounds arithmetic alone."""
+    from .int4 import check_weights, int4_weights
+
     from ..runtime.preprocess import preprocess
     from ..runtime.video import load_video
     from ..synthetic import has_encoder, make_clip, make_image_dir
@@ -175,9 +154,13 @@ def reference_cases(ref, max_frames: int, question: str = CHAIN_QUESTION, seed: 
     pixels = preprocess(clip.frames, ref.spec.preprocess)
     ids = ref.prompt_ids(question)
     visual = ref.pool(ref.vision_features(torch.from_numpy(pixels), VISION_CHUNK))
-    chain = {"pixels": pixels, "ids": ids, "image_pos": ids.index(ref.image_token_id),
-             "expected": ref.first_step_logits(ref.inputs_embeds(ids, visual)).cpu().numpy()}
-    return {"vision": vision, "slowfast": slowfast, "llm": llm_case(ref, seed), "chain": chain}
+    with int4_weights(ref, int4["block_size"]) if int4 else contextlib.nullcontext():
+        chain = {"pixels": pixels, "ids": ids, "image_pos": ids.index(ref.image_token_id),
+                 "expected": ref.first_step_logits(ref.inputs_embeds(ids, visual)).cpu().numpy()}
+        cases = {"vision": vision, "slowfast": slowfast, "llm": llm_case(ref, seed), "chain": chain}
+    if int4:
+        cases["int4_weights"] = check_weights(ref, Path(int4["model"]))
+    return cases
 
 
 def llm_case(ref, seed: int = 0) -> dict:
@@ -203,7 +186,7 @@ def check_vision(path: Path, cases: list[dict], precision: str, device: str = "c
     for case in cases:
         got = sess.run(None, {"pixel_values": case["input"].astype(dtype)})[0]
         report[case["name"]] = dict(errors(got, case["expected"]), rel_vs_torch_fp32=errors(got, case["torch_fp32"])["rel"])
-    return _summary("vision", report, precision)
+    return _summary("vision", report, precision, device)
 
 
 def check_slowfast(path: Path, cases: list[dict], precision: str, device: str = "cpu") -> dict:
@@ -211,7 +194,7 @@ def check_slowfast(path: Path, cases: list[dict], precision: str, device: str = 
     sess = session(path, device)
     dtype = _input_dtype(sess, "features")
     report = {c["name"]: errors(sess.run(None, {"features": c["input"].astype(dtype)})[0], c["expected"]) for c in cases}
-    return _summary("slowfast", report, precision)
+    return _summary("slowfast", report, precision, device)
 
 
 def llm_step(sess, llm: dict, embeds: np.ndarray, past: dict | None = None) -> tuple[np.ndarray, dict]:
@@ -232,7 +215,7 @@ def llm_step(sess, llm: dict, embeds: np.ndarray, past: dict | None = None) -> t
     return outputs["logits"].astype(np.float32), {p: outputs[q] for p, q in names}
 
 
-def check_llm(sess, root: Path, llm: dict, case: dict, precision: str) -> dict:
+def check_llm(sess, root: Path, llm: dict, case: dict, precision: str, device: str = "cpu") -> dict:
     """The decoder (session `sess`) prefilled at several lengths, then one decode step through the
     KV cache, vs the HF language model + lm_head on the same embeddings; embeddings.npy vs the
     checkpoint's table."""
@@ -243,7 +226,7 @@ def check_llm(sess, root: Path, llm: dict, case: dict, precision: str) -> dict:
         report[f"prefill_{embeds.shape[1]}"] = errors(logits, expected[:, -logits.shape[1]:])
     logits, _ = llm_step(sess, llm, case["step"], past)
     report[f"decode_after_{case['prefill'][-1][0].shape[1]}"] = errors(logits[:, -1], case["step_expected"])
-    return _summary("llm", report, precision)
+    return _summary("llm", report, precision, device)
 
 
 def check_chain(sess, root: Path, manifest: dict, case: dict, device: str = "cpu") -> dict:
@@ -256,7 +239,7 @@ def check_chain(sess, root: Path, manifest: dict, case: dict, device: str = "cpu
     ids, pos = case["ids"], case["image_pos"]
     embeds = np.concatenate([table[ids[:pos]], visual.astype(table.dtype), table[ids[pos + 1:]]])[None]
     got, expected = llm_step(sess, comps["llm"], embeds)[0][0, -1], case["expected"]
-    result = _summary("chain", {"first_step_logits": errors(got, expected)}, manifest["precision"])
+    result = _summary("chain", {"first_step_logits": errors(got, expected)}, manifest["precision"], device)
     result.update(num_frames=len(case["pixels"]), num_visual_tokens=int(visual.shape[0]),
                   top1_onnx=int(got.argmax()), top1_reference=int(expected.argmax()),
                   top1_agree=bool(got.argmax() == expected.argmax()))
@@ -266,22 +249,37 @@ def check_chain(sess, root: Path, manifest: dict, case: dict, device: str = "cpu
 def compare(root: Path, manifest: dict, cases: dict, device: str = "cpu", on_step=None) -> dict:
     """Phase 2, ONNX only: run every check; return the report, or raise ValidationError.
     `on_step(name)` is called before each check (progress display)."""
+    root = Path(root)
     comps = manifest["components"]
     report = {"metric": "rel = max|onnx - ref| / max|ref|; cosine of mean-centred outputs",
               "frame_counts": frame_counts(manifest["model"]["max_frames"])}
-    for name in ("vision", "slowfast", "llm"):
+    sess = None
+    for name in ("vision", "slowfast", "llm", "chain"):
         if on_step:
             on_step(name)
-        if name == "llm":
-            sess = session(root / comps["llm"]["path"], device)
-            report["llm"] = check_llm(sess, root, comps["llm"], cases["llm"], comps["llm"]["precision"])
-        else:
-            check = check_vision if name == "vision" else check_slowfast
-            report[name] = check(root / comps[name]["path"], cases[name], comps[name]["precision"], device)
-    if on_step:
-        on_step("chain")
-    report["chain"] = check_chain(sess, root, manifest, cases["chain"], device)
-    failed = [report[n]["failure"] for n in ("vision", "slowfast", "llm", "chain") if not report[n]["passed"]]
+        try:
+            if name == "llm":
+                sess = session(root / comps["llm"]["path"], device)
+                report["llm"] = check_llm(sess, root, comps["llm"], cases["llm"], comps["llm"]["precision"], device)
+            elif name == "chain":
+                if sess is None:
+                    raise _GraphFailed("the decoder did not load")
+                report["chain"] = check_chain(sess, root, manifest, cases["chain"], device)
+            else:
+                check = check_vision if name == "vision" else check_slowfast
+                report[name] = check(root / comps[name]["path"], cases[name], comps[name]["precision"], device)
+        except Exception as e:  # a graph that ONNX Runtime cannot load or run fails its check, named
+            if not isinstance(e, _GraphFailed) and not type(e).__module__.startswith("onnxruntime"):
+                raise
+            message = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            report[name] = {"rel": float("inf"), "cosine": 0.0, "passed": False,
+                            "failure": f"{name}: the graph failed to run ({message})"}
+    checks = ("vision", "slowfast", "llm", "chain")
+    if "int4_weights" in cases:
+        report["int4_weights"] = {k: v for k, v in cases["int4_weights"].items() if k != "mismatches"} | {
+            "mismatches": cases["int4_weights"]["mismatches"][:20]}
+        checks += ("int4_weights",)
+    failed = [report[n]["failure"] for n in checks if not report[n]["passed"]]
     report["passed"] = not failed
     if failed:
         error = ValidationError("export failed validation: " + "; ".join(failed))
@@ -290,6 +288,19 @@ def compare(root: Path, manifest: dict, cases: dict, device: str = "cpu", on_ste
     return report
 
 
+class _GraphFailed(Exception):
+    """A check that could not run because an earlier graph failed."""
+
+
+def int4_settings(root: Path, manifest: dict) -> dict | None:
+    """`reference_cases`' int4 argument for an exported directory (None unless its LLM is int4)."""
+    llm = manifest["components"]["llm"]
+    if llm["precision"] != "int4":
+        return None
+    return {"model": Path(root) / llm["path"], "block_size": manifest["quantization"]["block_size"]}
+
+
 def validate_export(root: Path, manifest: dict, ref, device: str = "cpu", on_step=None) -> dict:
     """Both phases with a reference the caller keeps (tests, re-validation of an existing export)."""
-    return compare(root, manifest, reference_cases(ref, manifest["model"]["max_frames"]), device, on_step)
+    cases = reference_cases(ref, manifest["model"]["max_frames"], int4=int4_settings(root, manifest))
+    return compare(root, manifest, cases, device, on_step)

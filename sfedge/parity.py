@@ -1,0 +1,194 @@
+"""Parity of engines with the PyTorch reference: the error metrics, the per-precision tolerances and
+the pass/fail rule that export validation (`sfedge.export.validate`), `sfedge verify` and the
+tests share.
+
+Metrics (both as float64): `rel_error` = max|engine - reference| / max|reference|; `errors` adds
+max_abs and the cosine of the mean-centred outputs (and reports a misshapen output as rel = inf
+instead of raising). Tolerances: `sfedge.export.registry.REL_TOL` per component and precision;
+`logits_tolerance` (first-step logits of the whole chain, verify) is its "chain" row.
+
+Greedy tokens may differ only where the reference itself nearly ties: at the first differing step
+the reference's top-2 logit gap is measured by running the reference LM on the prompt plus the
+reference's own tokens before that step (`top2_gap`). Verdicts: "match", "near-tie", "mismatch".
+At fp32 "near-tie" means a gap below NEAR_TIE; at a lower precision the engine's logits may be off
+by up to the tolerance x max|logits|, so a pair closer than twice that may swap.
+
+torch is imported lazily: the runtime-side metrics need numpy only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .export.registry import rel_tol
+
+NEAR_TIE = 1e-3
+FP32_LOGITS_TOLERANCE = rel_tol("chain", "fp32")
+
+
+def logits_tolerance(precision: str, device: str = "cpu") -> float:
+    """The first-step logits bound of the whole chain (export validation's "chain" row)."""
+    tol = rel_tol("chain", precision, device)
+    if tol is None:
+        raise ValueError(f"no logits tolerance for precision {precision!r}")
+    return tol
+
+
+def rel_error(engine: np.ndarray, reference: np.ndarray) -> float:
+    """max|engine - reference| / max|reference| (both as float64); inf when not finite."""
+    engine, reference = np.asarray(engine, np.float64), np.asarray(reference, np.float64)
+    if engine.shape != reference.shape:
+        raise ValueError(f"shape {engine.shape} vs reference {reference.shape}")
+    err = float(np.abs(engine - reference).max() / max(np.abs(reference).max(), 1e-30))
+    return err if np.isfinite(err) else float("inf")
+
+
+def errors(out: np.ndarray, ref: np.ndarray) -> dict:
+    """max_abs, rel (= max_abs / max|ref|) and cosine of the mean-centred outputs; a misshapen
+    output is reported (rel inf), not raised."""
+    if np.shape(out) != np.shape(ref):
+        return {"max_abs": float("inf"), "rel": float("inf"), "cosine": 0.0,
+                "shape": list(np.shape(out)), "expected_shape": list(np.shape(ref))}
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    if not np.isfinite(out).all():
+        return {"max_abs": float("inf"), "rel": float("inf"), "cosine": 0.0, "non_finite": int((~np.isfinite(out)).sum())}
+    max_abs = float(np.max(np.abs(out - ref)))
+    a, b = out.ravel() - out.mean(), ref.ravel() - ref.mean()
+    cosine = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-300))
+    return {"max_abs": max_abs, "rel": max_abs / max(float(np.max(np.abs(ref))), 1e-30), "cosine": cosine}
+
+
+def table_errors(out: np.ndarray, ref: np.ndarray, rows: int = 4096) -> dict:
+    """`errors` over row blocks of two [V, D] tables: a float64 copy of a whole 128k x 3072 table
+    is 3 GB, and `errors` makes several."""
+    if out.shape != ref.shape:
+        return errors(out, ref)  # the misshapen-output report; nothing is converted
+    n = out.size
+    mean_out = sum(float(np.sum(out[i:i + rows], dtype=np.float64)) for i in range(0, len(ref), rows)) / n
+    mean_ref = sum(float(np.sum(ref[i:i + rows], dtype=np.float64)) for i in range(0, len(ref), rows)) / n
+    max_abs = max_ref = dot = norm_out = norm_ref = 0.0
+    for i in range(0, len(ref), rows):
+        a, b = np.array(out[i:i + rows], np.float64), np.array(ref[i:i + rows], np.float64)  # copies
+        max_abs, max_ref = max(max_abs, float(np.max(np.abs(a - b)))), max(max_ref, float(np.max(np.abs(b))))
+        a -= mean_out
+        b -= mean_ref
+        dot, norm_out, norm_ref = dot + float(np.vdot(a, b)), norm_out + float(np.vdot(a, a)), norm_ref + float(np.vdot(b, b))
+    cosine = dot / max(np.sqrt(norm_out * norm_ref), 1e-300)
+    return {"max_abs": max_abs, "rel": max_abs / max(max_ref, 1e-30), "cosine": cosine}
+
+
+def top2_gap(logits: np.ndarray) -> float:
+    """Largest minus second-largest logit."""
+    top = np.partition(np.asarray(logits, np.float64), -2)[-2:]
+    return float(top[1] - top[0])
+
+
+def reference_visual_tokens(reference, pipeline, video):
+    """(pixels [T,3,336,336], the reference's features [T,576,D] and visual tokens [N,D]) for a video."""
+    import torch
+
+    from .runtime.preprocess import preprocess
+    from .runtime.video import load_video
+
+    clip = load_video(video, pipeline.spec.sampling.num_frames)
+    pixels = preprocess(clip.frames, pipeline.spec.preprocess)
+    features = reference.vision_features(torch.from_numpy(pixels)).float()
+    return pixels, features, reference.pool(features).float()
+
+
+def stage_errors(pipeline, pixels, ref_features, ref_visual) -> dict:
+    """Vision and SlowFast engines each on the reference's own input: their relative errors."""
+    (features,) = pipeline.vision.infer({next(iter(pipeline.vision.inputs)): pixels}).values()
+    name = next(iter(pipeline.slowfast.inputs))
+    (visual,) = pipeline.slowfast.infer({name: ref_features.numpy().astype(pipeline.slowfast.inputs[name].dtype)}).values()
+    return {"num_frames": len(pixels), "num_visual_tokens": int(ref_visual.shape[0]),
+            "vision_rel_err": rel_error(features, ref_features.numpy()),
+            "slowfast_rel_err": rel_error(visual.reshape(ref_visual.shape), ref_visual.numpy())}
+
+
+def reference_logits_at(reference, prompt_embeds, prefix: list[int]) -> np.ndarray:
+    """The reference's logits for the token after `prefix` (its own earlier tokens): the reference
+    LM run without a cache on the prompt embeddings followed by the prefix's token embeddings."""
+    import torch
+
+    table = reference.model.get_input_embeddings()
+    with torch.inference_mode():
+        tail = table(torch.tensor(prefix, dtype=torch.long)).to(prompt_embeds.dtype)[None]
+        return reference.first_step_logits(torch.cat([prompt_embeds, tail], dim=1)).numpy()
+
+
+def token_parity(pipeline, reference, video, question: str, options, ref_visual, max_new_tokens: int = 16) -> dict:
+    """The whole chain on both sides (the reference from `ref_visual`, the engines from the video):
+    prompt ids, first-step logits error, greedy tokens and the reference's top-2 gap where they
+    first differ (the verdict is `verdict`'s, per precision)."""
+    from .spec import GenerationSpec
+
+    gen = GenerationSpec(max_new_tokens=max_new_tokens)
+    ids = reference.prompt_ids(question, options)
+    ref_embeds = reference.inputs_embeds(ids, ref_visual)
+    ref_logits = reference.first_step_logits(ref_embeds).numpy()
+    ref_tokens = reference.generate(ref_embeds, gen)
+    result = pipeline.ask(video, question, options, gen, record_logits=True)
+    engine_logits = np.asarray(result.first_logits)
+    report = {
+        "video": str(video), "question": question, "options": list(options) if options else None,
+        "prompt_ids_match": pipeline.prompt_ids(question, options) == list(ids),
+        "first_logits_finite": bool(np.isfinite(engine_logits).all()),
+        "first_logits_rel_err": rel_error(engine_logits, ref_logits),
+        "ref_logits_range": float(np.abs(ref_logits).max()),
+        "ref_tokens": ref_tokens, "engine_tokens": result.token_ids,
+        "tokens_match": ref_tokens == result.token_ids,
+        "ref_answer": reference.decode(ref_tokens), "engine_answer": result.answer, "choice": result.choice,
+        "first_diff_step": None, "top2_gap": None,
+    }
+    if not report["tokens_match"]:
+        step = next((i for i, (a, b) in enumerate(zip(ref_tokens, result.token_ids)) if a != b),
+                    min(len(ref_tokens), len(result.token_ids)))
+        report["first_diff_step"] = step
+        report["top2_gap"] = top2_gap(reference_logits_at(reference, ref_embeds, ref_tokens[:step]))
+    report["verdict"] = verdict(report, "fp32")
+    return report
+
+
+def compare(pipeline, reference, video, question: str, options=None, max_new_tokens: int = 16) -> dict:
+    """Per-stage errors and token parity on one (video, question)."""
+    pixels, ref_features, ref_visual = reference_visual_tokens(reference, pipeline, video)
+    return {**stage_errors(pipeline, pixels, ref_features, ref_visual),
+            **token_parity(pipeline, reference, video, question, options, ref_visual, max_new_tokens)}
+
+
+def near_tie_gap(report: dict, precision: str, device: str = "cpu") -> float:
+    """The top-2 gap below which a differing greedy token is a near-tie at `precision`: NEAR_TIE at
+    fp32; at lower precisions twice the logits tolerance times the reference's logit range."""
+    if precision == "fp32":
+        return NEAR_TIE
+    return max(NEAR_TIE, 2 * logits_tolerance(precision, device) * report["ref_logits_range"])
+
+
+def verdict(report: dict, precision: str, device: str = "cpu") -> str:
+    if report["tokens_match"]:
+        return "match"
+    return "near-tie" if report["top2_gap"] < near_tie_gap(report, precision, device) else "mismatch"
+
+
+def failures(report: dict, precision: str, device: str = "cpu") -> list[str]:
+    """Why a `compare` report fails at `precision` (empty: it passes). Every precision fails on
+    differing prompt ids, non-finite logits, first-step logits past logits_tolerance(precision),
+    or greedy tokens that differ where the reference does not nearly tie. `device`: "cuda" for
+    the CUDA / TensorRT providers (their bounds)."""
+    tol = logits_tolerance(precision, device)
+    out = []
+    if not report["prompt_ids_match"]:
+        out.append("prompt ids differ from the reference's")
+    if not report.get("first_logits_finite", True):
+        out.append("first-step logits are not finite")
+    if not report["first_logits_rel_err"] < tol:
+        out.append(f"first-step logits rel err {report['first_logits_rel_err']:.3g} >= {tol:g} ({precision})")
+    if verdict(report, precision, device) == "mismatch":
+        out.append(f"greedy tokens differ at step {report['first_diff_step']} where the reference's top-2 gap "
+                   f"is {report['top2_gap']:.3g} (>= {near_tie_gap(report, precision, device):.3g})")
+    return out
+
+
+def passed(report: dict, precision: str, device: str = "cpu") -> bool:
+    return not failures(report, precision, device)
