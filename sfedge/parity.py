@@ -18,6 +18,8 @@ torch is imported lazily: the runtime-side metrics need numpy only.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from .export.registry import rel_tol
@@ -150,11 +152,49 @@ def token_parity(pipeline, reference, video, question: str, options, ref_visual,
     return report
 
 
-def compare(pipeline, reference, video, question: str, options=None, max_new_tokens: int = 16) -> dict:
-    """Per-stage errors and token parity on one (video, question)."""
+def decode_parity(root, manifest: dict, reference, prompt_embeds, ref_tokens: list[int], device: str = "cpu") -> dict:
+    """Teacher-forced decoding: the exported decoder (an ONNX Runtime session of its own) prefilled
+    with the reference's prompt embeddings, then fed the reference's own greedy tokens one at a
+    time through its KV cache; each step's logits against the reference LM's at the same position
+    (one uncached forward pass). Catches what only decode steps show (KV cache, mask, positions)
+    even where greedy tokens diverge early. Returns the worst step's rel error."""
+    import torch
+
+    from .export.validate import llm_step, session
+
+    root = Path(root)
+    comps = manifest["components"]
+    llm = comps["llm"]
+    tokens = list(ref_tokens[:-1])
+    lm = reference.model.model.language_model
+    with torch.inference_mode():
+        tail = reference.model.get_input_embeddings()(torch.tensor(tokens, dtype=torch.long)).to(prompt_embeds.dtype)[None]
+        x = torch.cat([prompt_embeds, tail], dim=1)
+        hidden = lm(inputs_embeds=x, use_cache=False).last_hidden_state[0, prompt_embeds.shape[1] - 1:]
+        expected = reference.model.lm_head(hidden).float().cpu().numpy()
+    sess = session(root / llm["path"], device)
+    table = np.load(root / comps["embeddings"]["path"], mmap_mode="r")
+    logits, past = llm_step(sess, llm, prompt_embeds.float().cpu().numpy())
+    got = [logits[0, -1]]
+    for t in tokens:
+        logits, past = llm_step(sess, llm, np.asarray(table[[t]], np.float32)[None], past)
+        got.append(logits[0, -1])
+    steps = [rel_error(g, e) for g, e in zip(got, expected)]
+    return {"decode_steps": len(steps), "decode_logits_rel_err": max(steps),
+            "decode_worst_step": int(np.argmax(steps)), "decode_precision": llm["precision"]}
+
+
+def compare(pipeline, reference, video, question: str, options=None, max_new_tokens: int = 16,
+            engines_root=None, device: str = "cpu") -> dict:
+    """Per-stage errors and token parity on one (video, question); with `engines_root`, also
+    teacher-forced decode parity (`decode_parity`) of the engines' decoder."""
     pixels, ref_features, ref_visual = reference_visual_tokens(reference, pipeline, video)
-    return {**stage_errors(pipeline, pixels, ref_features, ref_visual),
-            **token_parity(pipeline, reference, video, question, options, ref_visual, max_new_tokens)}
+    report = {**stage_errors(pipeline, pixels, ref_features, ref_visual),
+              **token_parity(pipeline, reference, video, question, options, ref_visual, max_new_tokens)}
+    if engines_root is not None and report["ref_tokens"]:
+        embeds = reference.inputs_embeds(reference.prompt_ids(question, options), ref_visual)
+        report.update(decode_parity(engines_root, pipeline.manifest, reference, embeds, report["ref_tokens"], device))
+    return report
 
 
 def near_tie_gap(report: dict, precision: str, device: str = "cpu") -> float:
@@ -174,7 +214,8 @@ def verdict(report: dict, precision: str, device: str = "cpu") -> str:
 def failures(report: dict, precision: str, device: str = "cpu") -> list[str]:
     """Why a `compare` report fails at `precision` (empty: it passes). Every precision fails on
     differing prompt ids, non-finite logits, first-step logits past logits_tolerance(precision),
-    or greedy tokens that differ where the reference does not nearly tie. `device`: "cuda" for
+    teacher-forced decode-step logits past it (when measured), or greedy tokens that differ where
+    the reference does not nearly tie. `device`: "cuda" for
     the CUDA / TensorRT providers (their bounds)."""
     tol = logits_tolerance(precision, device)
     out = []
@@ -184,6 +225,11 @@ def failures(report: dict, precision: str, device: str = "cpu") -> list[str]:
         out.append("first-step logits are not finite")
     if not report["first_logits_rel_err"] < tol:
         out.append(f"first-step logits rel err {report['first_logits_rel_err']:.3g} >= {tol:g} ({precision})")
+    if "decode_logits_rel_err" in report:  # the decoder alone: export validation's "llm" bound
+        decode_tol = rel_tol("llm", report["decode_precision"], device)
+        if not report["decode_logits_rel_err"] < decode_tol:
+            out.append(f"decode-step logits rel err {report['decode_logits_rel_err']:.3g} >= {decode_tol:g} at step "
+                       f"{report['decode_worst_step']} ({report['decode_precision']} decoder, teacher-forced)")
     if verdict(report, precision, device) == "mismatch":
         out.append(f"greedy tokens differ at step {report['first_diff_step']} where the reference's top-2 gap "
                    f"is {report['top2_gap']:.3g} (>= {near_tie_gap(report, precision, device):.3g})")

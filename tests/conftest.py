@@ -57,6 +57,16 @@ def engines_fp32(tmp_path_factory, tiny_dir):
 
 
 @pytest.fixture(scope="session")
+def engines_fp16(tmp_path_factory, tiny_dir):
+    return export_tiny(tmp_path_factory, tiny_dir, "tiny-llama-fp16", "fp16")
+
+
+@pytest.fixture(scope="session")
+def engines_int4(tmp_path_factory, tiny_dir):
+    return export_tiny(tmp_path_factory, tiny_dir, "tiny-llama-int4", "int4")
+
+
+@pytest.fixture(scope="session")
 def engines_mistral(tmp_path_factory, tiny_mistral_dir):
     return export_tiny(tmp_path_factory, tiny_mistral_dir, "tiny-mistral-fp32", "fp32")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import export_tiny
 
 from sfedge.parity import reference_visual_tokens, rel_error
 from sfedge.spec import GenerationSpec
@@ -16,11 +15,11 @@ LOGIT_BOUNDS = {"fp16": 5e-2, "int4": 0.5}
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int4"])
-def test_low_precision_engines_run_end_to_end(precision, tmp_path_factory, tiny_dir, clip_path, short_clips,
+def test_low_precision_engines_run_end_to_end(precision, request, clip_path, short_clips,
                                               pipeline_fp32, reference_llama):
     from sfedge.runtime.pipeline import Pipeline
 
-    pipe = Pipeline(export_tiny(tmp_path_factory, tiny_dir, f"tiny-llama-{precision}", precision))
+    pipe = Pipeline(request.getfixturevalue(f"engines_{precision}"))
     gen = GenerationSpec(max_new_tokens=12)
     for video in (clip_path, short_clips["dir-5"]):
         got = pipe.ask(video, "What is moving in the video?", gen=gen, record_logits=True)

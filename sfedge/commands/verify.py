@@ -42,6 +42,8 @@ def format_report(report: dict) -> str:
              f"slowfast tokens   rel err {report['slowfast_rel_err']:.3e}",
              f"prompt ids        {'match' if report['prompt_ids_match'] else 'DIFFER'}",
              f"first-step logits rel err {report['first_logits_rel_err']:.3e}",
+             *([f"decode-step logits rel err {report['decode_logits_rel_err']:.3e} (teacher-forced, "
+                f"{report['decode_steps']} steps)"] if "decode_logits_rel_err" in report else []),
              f"greedy tokens     {report['verdict']} ({len(report['engine_tokens'])} engine, "
              f"{len(report['ref_tokens'])} reference)"]
     if report["first_diff_step"] is not None:
@@ -64,12 +66,13 @@ def run(args) -> int:
     utf8_text(args.question, "question")
     options = parse_options(utf8_text(args.options, "--options value")) if args.options is not None else None
     precision = pipe.manifest.get("precision", "fp32")
+    device = "cpu" if args.provider == "cpu" else "cuda"
     int4 = int4_settings(Path(args.engines), pipe.manifest)
     weights = check_weights(reference, int4["model"]) if int4 else None
     with tempfile.TemporaryDirectory() as tmp, int4_weights(reference, int4["block_size"]) if int4 else nullcontext():
         video = existing_path(args.video, "video") if args.video else make_clip(Path(tmp) / "clip.mp4", 60, seed=0)
-        report = compare(pipe, reference, video, args.question, options, args.max_new_tokens)
-    device = "cpu" if args.provider == "cpu" else "cuda"
+        report = compare(pipe, reference, video, args.question, options, args.max_new_tokens,
+                         engines_root=Path(args.engines), device=device)
     problems = failures(report, precision, device) + ([weights["failure"]] if weights and not weights["passed"] else [])
     report.update(precision=precision, verdict=verdict(report, precision, device), passed=not problems, failures=problems,
                   int4_weights=weights and {k: v for k, v in weights.items() if k != "mismatches"})
