@@ -35,7 +35,9 @@ def test_quantize_blocks_is_onnxruntimes_quantizer(block_size):
         assert np.array_equal(my_scales.ravel().view(np.uint32), scales.view(np.uint32)), trial
         deq = dequantize_blocks(mine, my_scales, k)
         step = np.repeat(np.abs(my_scales), block_size, axis=1)[:, :k]
-        assert np.all(np.abs(deq - w.T) <= step * 0.5 + 1e-6 * np.abs(w.T)), trial  # RTN: half a step
+        # RTN: half a step, one step where +8 clips to 7 (the extreme's opposite sign)
+        assert np.all(np.abs(deq - w.T) <= step * 1.0 + 1e-6 * np.abs(w.T)), trial
+        assert np.mean(np.abs(deq - w.T) <= step * 0.5 + 1e-6 * np.abs(w.T)) > 0.95, trial
 
 
 def test_tiny_int4_weights_are_bit_identical(engines_int4, reference_llama):
