@@ -44,7 +44,7 @@ def main() -> None:
                     report = validate_export(out, manifest, ref)
                 except ValidationError as e:
                     report = e.report
-                row = {"llm": llm, "seed": seed, "precision": precision}
+                row = {"model": llm, "seed": seed, "precision": precision}
                 for comp in ("vision", "slowfast", "llm", "chain"):
                     row[comp] = {"rel": report[comp]["rel"], "cosine": report[comp]["cosine"], "passed": report[comp]["passed"]}
                 if "int4_weights" in report:

@@ -50,3 +50,16 @@ def test_tiny_int4_weights_are_bit_identical(engines_int4, reference_llama):
     with int4_weights(reference_llama, 32):
         inside = reference_llama.model.lm_head.weight.detach().clone()
     assert torch.equal(reference_llama.model.lm_head.weight, before) and not torch.equal(inside, before)
+
+
+def test_int4_export_validates_on_the_real_tokenizer_checkpoint(sp_mistral_dir, tmp_path):
+    """llava-v1.6-mistral-7b's layout and SentencePiece tokenizer (32,064 rows): the int4 export's
+    validation runs both halves (weights bit for bit, logits vs the dequantized reference) and passes."""
+    from sfedge.export import export_model
+
+    manifest = export_model(sp_mistral_dir, tmp_path / "e", precision="int4", device="cpu", max_frames=7, progress=False)
+    report = manifest["validation"]
+    assert report["passed"] and report["int4_weights"]["passed"] and report["int4_weights"]["checked"] >= 11
+    assert report["llm"]["rel"] < report["llm"]["rel_tol"] <= 0.1 and report["chain"]["rel_tol"] <= 0.05
+    print(f"\nreal-tokenizer int4: llm rel {report['llm']['rel']:.3g}, chain rel {report['chain']['rel']:.3g}, "
+          f"cosine {report['llm']['cosine']:.4f}")
