@@ -147,6 +147,8 @@ def trt_calls(monkeypatch):
     calls: list = []
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(calls))
     monkeypatch.setattr("sfedge.export.tensorrt.gpu_info", lambda: {"name": "Orin (fake)", "compute_capability": "8.7"})
+    # these engines dirs hold fake ONNX bytes: the plan-vs-ONNX check has its own tests (below)
+    monkeypatch.setattr("sfedge.export.tensorrt.check_plan", lambda *a, **k: {"passed": True, "skipped": "fake graphs"})
     return calls
 
 
@@ -590,3 +592,139 @@ def test_pipeline_uses_native_plans_for_vision_and_slowfast(engines_fp32, clip_p
     assert result.num_visual_tokens == expected.num_visual_tokens
     # vision's output fed SlowFast in place: its device buffer is SlowFast's input address
     assert ("set_tensor_address", "features", pipe.vision._buffers["features"][0]) in calls
+
+
+# --- the plan-vs-ONNX check after `sfedge build` (real tiny graphs, fake TensorRT) ---------------
+
+class OnnxBackedEngine:
+    """A fake TensorRT engine that computes its ONNX graph with ONNX Runtime through the fake
+    device memory. `mode`: "exact"; "fp16" (inputs and outputs rounded to fp16: what a healthy
+    FP16 plan's error looks like); "overflow" (an FP16 plan whose activations overflowed: inf in
+    the output); "wrong" (outputs x 1.1: a broken plan)."""
+
+    def __init__(self, onnx_path, cudart, mode):
+        import onnxruntime as ort
+
+        self.sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        self.cudart, self.mode = cudart, mode
+        self.ins = [(i.name, i.shape) for i in self.sess.get_inputs()]
+        self.outs = [(o.name, o.shape) for o in self.sess.get_outputs()]
+        self.num_io_tensors = len(self.ins) + len(self.outs)
+        self.max_t = 12
+
+    def get_tensor_name(self, i):
+        return (self.ins + self.outs)[i][0]
+
+    def get_tensor_mode(self, name):
+        return "INPUT" if name in dict(self.ins) else "OUTPUT"
+
+    def get_tensor_dtype(self, name):
+        return "FLOAT"
+
+    def get_tensor_shape(self, name):
+        return tuple(d if isinstance(d, int) else -1 for d in dict(self.ins + self.outs)[name])
+
+    def get_tensor_profile_shape(self, name, profile):
+        shape = dict(self.ins)[name]
+        return [tuple(t if not isinstance(d, int) else d for d in shape) for t in (1, 50, self.max_t)]
+
+    def create_execution_context(self):
+        return OnnxBackedContext(self)
+
+
+class OnnxBackedContext:
+    def __init__(self, engine):
+        self.engine, self.shapes, self.addr, self.out_shapes = engine, {}, {}, {}
+
+    def set_input_shape(self, name, shape):
+        self.shapes[name] = tuple(shape)
+        # output shapes from a run on zeros; vision's [T, 576, D] from one frame (64 would be slow)
+        frames = 1 if name == "pixel_values" else shape[0]
+        outs = self.engine.sess.run(None, {name: np.zeros((frames,) + tuple(shape[1:]), np.float32)})
+        self.out_shapes = {n: (o.shape[0] * shape[0] // frames,) + o.shape[1:] for (n, _), o in zip(self.engine.outs, outs)}
+        return True
+
+    def get_tensor_shape(self, name):
+        return self.shapes.get(name) or self.out_shapes[name]
+
+    def set_tensor_address(self, name, ptr):
+        self.addr[name] = ptr
+
+    def execute_async_v3(self, stream):
+        mem, mode = self.engine.cudart.memory, self.engine.mode
+        feeds = {}
+        for n, _ in self.engine.ins:
+            count = int(np.prod(self.shapes[n]))
+            x = np.frombuffer(bytes(mem[self.addr[n]][:count * 4]), np.float32).reshape(self.shapes[n])
+            feeds[n] = x.astype(np.float16).astype(np.float32) if mode in ("fp16", "overflow") else x
+        for (n, _), y in zip(self.engine.outs, self.engine.sess.run(None, feeds)):
+            y = {"fp16": lambda a: a.astype(np.float16).astype(np.float32), "wrong": lambda a: a * np.float32(1.1),
+                 "overflow": lambda a: np.where(np.arange(a.size).reshape(a.shape) == 0, np.inf, a).astype(np.float32)
+                 }.get(mode, lambda a: a)(y)
+            mem[self.addr[n]][:y.nbytes] = np.ascontiguousarray(y, np.float32).tobytes()
+        return True
+
+
+@pytest.fixture
+def onnx_backed_trt(monkeypatch, engines_fp32, tmp_path):
+    """(engines dir copy, set_mode): fake tensorrt whose plans run the real tiny graphs."""
+    import shutil
+
+    root = tmp_path / "engines"
+    shutil.copytree(engines_fp32, root)
+    manifest = load_manifest(root, verify_files=False)  # T up to 12 keeps the test cheap (1, 7, 12 checked)
+    for name in ("vision", "slowfast"):
+        for entry in manifest["components"][name]["inputs"] + manifest["components"][name]["outputs"]:
+            if "T" in entry.get("dynamic", {}):
+                entry["dynamic"]["T"] = [1, 12]
+    write_manifest(root, {k: v for k, v in manifest.items() if k not in ("files", "schema_version")})
+    calls, state = [], {"mode": "exact"}
+    cudart = fake_cudart(calls)
+    graphs = {"pixel_values": root / "vision.onnx", "features": root / "slowfast.onnx"}
+
+    def engine(plan_bytes):
+        return OnnxBackedEngine(graphs[plan_bytes.decode().split(":", 1)[1]], cudart, state["mode"])
+
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(calls, engine=engine))
+    package = types.ModuleType("cuda.bindings")
+    package.runtime = cudart
+    monkeypatch.setitem(sys.modules, "cuda", types.ModuleType("cuda"))
+    monkeypatch.setitem(sys.modules, "cuda.bindings", package)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cudart)
+    monkeypatch.setattr("sfedge.export.tensorrt.gpu_info", lambda: None)
+    # the fake parser hands out the tiny graphs' own input shapes
+    monkeypatch.setitem(NETWORK_INPUTS, "vision.onnx", [("pixel_values", (-1, 3, 336, 336))])
+    monkeypatch.setitem(NETWORK_INPUTS, "slowfast.onnx", [("features", (-1, 576, 64))])
+    return root, lambda mode: state.update(mode=mode)
+
+
+def test_plan_check_frames(engines_fp32):
+    from sfedge.export.tensorrt import plan_check_frames
+
+    manifest = load_manifest(engines_fp32, verify_files=False)
+    for name in ("vision", "slowfast"):
+        assert plan_check_frames(manifest["components"][name]) == [1, 7, 50, manifest["model"]["max_frames"]]
+    assert plan_check_frames({"inputs": [{"shape": ["T", 4], "dynamic": {"T": [1, 8]}}]}) == [1, 7, 8]
+
+
+@pytest.mark.parametrize("mode", ["exact", "fp16"])
+def test_build_checks_each_plan_against_its_onnx_graph(onnx_backed_trt, mode):
+    root, set_mode = onnx_backed_trt
+    set_mode(mode)
+    info = build_plans(root, fp16=True, progress=False)
+    for name in ("vision", "slowfast"):
+        check = info["plans"][name]["check"]
+        assert check["passed"] and set(check["frames"]) == {"1", "7", "12"}
+        assert check["rel"] < check["rel_tol"] and (check["rel"] == 0.0) == (mode == "exact")
+
+
+@pytest.mark.parametrize("mode", ["wrong", "overflow"])
+def test_build_fails_when_a_plan_disagrees_with_its_graph(onnx_backed_trt, mode):
+    from sfedge.errors import ValidationError
+
+    root, set_mode = onnx_backed_trt
+    set_mode(mode)
+    with pytest.raises(ValidationError, match="TensorRT plan disagrees with vision.onnx") as err:
+        build_plans(root, fp16=True, progress=False)
+    assert "FP16 builder flag" in str(err.value) and err.value.exit_code == 1
+    assert not list((root / "trt").glob("*.plan*")) and "tensorrt" not in load_manifest(root, trust_stamps=False)

@@ -20,6 +20,11 @@ The LLM is NOT built here: the onnxruntime-genai decoder uses ONNX Runtime contr
 (GroupQueryAttention, MatMulNBits) that TensorRT's ONNX parser does not support, so the LLM stays
 on ONNX Runtime's CUDA execution provider.
 
+Each plan is checked before it is kept (`check_plan`): the plan and its ONNX graph (ONNX Runtime,
+CPU) run on the same random inputs at 1, 7, 50 frames and max_frames; past the component's CUDA
+fp16 bound (TF32 or fp16 arithmetic either way) the build fails with exit code 1 and no plan is
+written.
+
 Written to TensorRT 10 / 11's documented Python API and never run against the real library on the
 development host (no TensorRT, no GPU there): tests/test_tensorrt.py checks the calls it makes
 against a fake `tensorrt` module.
@@ -123,6 +128,10 @@ def build_plans(engines_dir: str | Path, components=BUILDABLE, fp16: bool = True
             plans[name] = dict(path=f"{PLANS_DIR}/{name}.plan", onnx=comp["path"], **record,
                                workspace_gb=workspace_gb, bytes=partial.stat().st_size, sha256=sha256_file(partial),
                                build_seconds=round(time.perf_counter() - start, 1))
+        for name, plan_record in plans.items():  # every plan built: now each against its graph
+            comp = manifest["components"][name]
+            plan_record["check"] = check_plan(out / f"{name}.plan.partial", root / comp["path"], name, comp,
+                                              plan_record, progress=progress)
     except BaseException:
         for partial in out.glob("*.plan.partial"):
             partial.unlink()
@@ -142,6 +151,65 @@ def build_plans(engines_dir: str | Path, components=BUILDABLE, fp16: bool = True
     manifest["versions"] = dict(manifest.get("versions") or {}, tensorrt=trt.__version__)
     write_manifest(root, manifest)
     return info
+
+
+PLAN_CHECK_FRAMES = (1, 7, 50)
+
+
+def plan_check_frames(comp: dict) -> list[int]:
+    """1, 7, 50 and max_frames, within the plan's T range."""
+    lo, hi = next(e["dynamic"]["T"] for e in comp["inputs"] if "T" in e.get("dynamic", {}))
+    return sorted({min(max(t, lo), hi) for t in (*PLAN_CHECK_FRAMES, hi)})
+
+
+def plan_tolerance(name: str, record: dict) -> float:
+    """A plan against its own ONNX graph: the CUDA provider's fp16 bound for the component, for
+    every plan: fp16 arithmetic (FP16 flag or a strongly typed fp16 graph), and fp32 plans compute
+    in TF32 (TensorRT's default, 10-bit mantissa like fp16)."""
+    from .registry import rel_tol
+
+    return rel_tol(name, "fp16", "cuda")
+
+
+def check_plan(plan_path: Path, onnx_path: Path, name: str, comp: dict, record: dict, *, seed: int = 0,
+               progress: bool = False) -> dict:
+    """Run the freshly built plan and its ONNX graph (ONNX Runtime, CPU) on the same random inputs
+    at `plan_check_frames` frame counts; ValidationError (the build fails, exit 1) past
+    `plan_tolerance`. Returns {frames: rel error} and the bound, recorded in plans.json."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from ..errors import ValidationError
+    from ..parity import errors
+    from ..runtime.trt_engine import TrtEngine
+
+    tol = plan_tolerance(name, record)
+    engine = TrtEngine(plan_path, comp)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    report, worst = {}, 0.0
+    try:
+        for t in plan_check_frames(comp):
+            feeds = {}
+            for entry in comp["inputs"]:
+                shape = [t if d == "T" else d for d in entry["shape"]]
+                feeds[entry["name"]] = rng.standard_normal(shape).astype(np.dtype(entry["dtype"]))
+            expected = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+            got = engine.infer(feeds)
+            rel = max(errors(np.asarray(got[k]), v)["rel"] for k, v in expected.items())
+            report[str(t)] = rel
+            worst = max(worst, rel)
+    finally:
+        engine.close()
+    result = {"frames": report, "rel": worst, "rel_tol": tol, "passed": bool(worst < tol)}
+    if progress:
+        print(f"  {name} plan vs {onnx_path.name}: rel {worst:.3g} (bound {tol:g}) at T = {', '.join(report)}",
+              file=sys.stderr, flush=True)
+    if not result["passed"]:
+        flag = "the FP16 builder flag" if record.get("fp16_flag") else "strongly typed fp16" if record.get("strongly_typed") else "TF32"
+        raise ValidationError(f"the {name} TensorRT plan disagrees with {onnx_path.name}: rel {worst:.3g} >= {tol:g} "
+                              f"({flag}; per frame count {', '.join(f'T={k}: {v:.3g}' for k, v in report.items())})")
+    return result
 
 
 def _build_one(trt, logger, onnx_path: Path, comp: dict, *, fp16: bool, workspace_bytes: int,
