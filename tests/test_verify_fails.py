@@ -37,7 +37,9 @@ def _verify(engines, tiny_dir, capsys):
     return rc, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("precision,mutation", [("fp16", "rope_theta"), ("int4", "scales_x1.25"), ("int4", "mask_shift")])
+# int4 mask_shift: first-step logits move by ~2% only and the greedy divergence sits inside the
+# int4 near-tie allowance; the teacher-forced decode-step check is what fails it (rel ~1).
+@pytest.mark.parametrize("precision,mutation", [("fp16", "rope_theta"), ("int4", "mask_shift")])
 def test_verify_passes_good_and_fails_wrong_engines(precision, mutation, request, tiny_dir, tmp_path, capsys):
     engines = request.getfixturevalue(f"engines_{precision}")
     rc, good = _verify(engines, tiny_dir, capsys)
@@ -46,5 +48,5 @@ def test_verify_passes_good_and_fails_wrong_engines(precision, mutation, request
         assert good["int4_weights"]["passed"] and good["first_logits_rel_err"] < logits_tolerance("int4")
     rc, bad = _verify(mutate(engines, tmp_path / mutation, mutation), tiny_dir, capsys)
     assert rc == 1 and not bad["passed"] and bad["failures"], bad
-    if mutation == "scales_x1.25":
-        assert any(f.startswith("int4 weights:") for f in bad["failures"])
+    if mutation == "mask_shift":
+        assert any(f.startswith("decode-step logits") for f in bad["failures"]), bad["failures"]
