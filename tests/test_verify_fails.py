@@ -32,21 +32,21 @@ def test_failures_at_every_precision(precision):
     assert rel_error(np.array([1.0, np.nan]), np.array([1.0, 2.0])) == float("inf")
 
 
-def _verify(engines, tiny_dir, capsys):
-    rc = main(["verify", str(engines), "--model", str(tiny_dir), "--max-new-tokens", "6", "--json"])
+def _verify(engines, tiny_dir, video, capsys):
+    rc = main(["verify", str(engines), "--model", str(tiny_dir), "--video", str(video), "--max-new-tokens", "6", "--json"])
     return rc, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 # int4 mask_shift: first-step logits move by ~2% only and the greedy divergence sits inside the
 # int4 near-tie allowance; the teacher-forced decode-step check is what fails it (rel ~1).
 @pytest.mark.parametrize("precision,mutation", [("fp16", "rope_theta"), ("int4", "mask_shift")])
-def test_verify_passes_good_and_fails_wrong_engines(precision, mutation, request, tiny_dir, tmp_path, capsys):
+def test_verify_passes_good_and_fails_wrong_engines(precision, mutation, request, tiny_dir, short_clips, tmp_path, capsys):
     engines = request.getfixturevalue(f"engines_{precision}")
-    rc, good = _verify(engines, tiny_dir, capsys)
+    rc, good = _verify(engines, tiny_dir, short_clips["dir-5"], capsys)
     assert rc == 0 and good["passed"] and good["precision"] == precision, good["failures"]
     if precision == "int4":
         assert good["int4_weights"]["passed"] and good["first_logits_rel_err"] < logits_tolerance("int4")
-    rc, bad = _verify(mutate(engines, tmp_path / mutation, mutation), tiny_dir, capsys)
+    rc, bad = _verify(mutate(engines, tmp_path / mutation, mutation), tiny_dir, short_clips["dir-5"], capsys)
     assert rc == 1 and not bad["passed"] and bad["failures"], bad
     if mutation == "mask_shift":
         assert any(f.startswith("decode-step logits") for f in bad["failures"]), bad["failures"]

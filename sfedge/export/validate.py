@@ -278,7 +278,12 @@ def compare(root: Path, manifest: dict, cases: dict, device: str = "cpu", on_ste
     if "int4_weights" in cases:
         report["int4_weights"] = {k: v for k, v in cases["int4_weights"].items() if k != "mismatches"} | {
             "mismatches": cases["int4_weights"]["mismatches"][:20]}
-        checks += ("int4_weights",)
+        # enforced for the CPU int4 decoder (ours: DefaultWeightOnlyQuantizer on fp32 weights, the
+        # rule tests/test_int4_check.py pins down); the CUDA decoder is the builder's own fp16 path,
+        # never compared on a GPU: its result is reported, not enforced, until it has been
+        report["int4_weights"]["enforced"] = manifest.get("device", "cpu") == "cpu"
+        if report["int4_weights"]["enforced"]:
+            checks += ("int4_weights",)
     failed = [report[n]["failure"] for n in checks if not report[n]["passed"]]
     report["passed"] = not failed
     if failed:
