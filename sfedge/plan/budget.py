@@ -184,7 +184,7 @@ def levers(info: ModelInfo, target: Target, s: Settings, make_model) -> list[dic
         if (TOKENS_PER_FRAME ** 0.5) % g == 0:
             tried.append((f"--fast-grid {g}", info, replace(s, slowfast=replace(sf, fast_grid=g))))
     if s.frames > 16:
-        tried.append(("--frames 16", info, replace(s, frames=16, slowfast=replace(sf, slow_frames=min(sf.slow_frames, 16)))))
+        tried.append(("--frames 16", info, replace(s, frames=16)))
     # all the buildable ones together (the int8 KV cache is a what-if, left out)
     both = make_model("int4") if make_model is not None and info.precision != "int4" else info
     small = replace(s, frames=min(s.frames, 16), slowfast=replace(sf, slow_frames=min(sf.slow_frames, 4)))

@@ -32,7 +32,8 @@ def load_model(*, preset: str | None = None, checkpoint: str | None = None, engi
 
 def settings_for(info: models.ModelInfo, *, frames=None, slow_frames=None, fast_grid=None, max_context=None,
                  kv_dtype_=None, max_new_tokens=None, efficiency=None) -> Settings:
-    """The settings: flags, else the engines' (manifest), else the defaults (SPEC: 50 frames,
+    """The settings: flags, else the engines' (manifest: frames `ask` samples, slowfast, context),
+    else the defaults (SPEC: 50 frames,
     slow 10 / fast 4x4, context min(4096, max_position_embeddings), 128 new tokens)."""
     base = models.engines_slowfast(info) or SlowFastSpec()
     try:
@@ -40,12 +41,11 @@ def settings_for(info: models.ModelInfo, *, frames=None, slow_frames=None, fast_
     except ValueError as e:
         raise SfedgeError(str(e)) from None
     ctx = max_context or models.engines_context(info) or min(4096, info.max_position_embeddings)
-    s = Settings(frames=frames or 50, slowfast=sf, max_context=ctx, kv_dtype=kv_dtype_,
+    engine_frames = (info.manifest or {}).get("pipeline", {}).get("sampling", {}).get("num_frames")
+    s = Settings(frames=frames or engine_frames or 50, slowfast=sf, max_context=ctx, kv_dtype=kv_dtype_,
                  max_new_tokens=max_new_tokens or 128, efficiency=efficiency or 0.5)
     if s.frames < 1 or s.max_context < 1 or s.max_new_tokens < 1 or not 0 < s.efficiency <= 1:
         raise SfedgeError("--frames, --max-context and --max-new-tokens must be >= 1, --efficiency in (0, 1]")
-    if s.slowfast.slow_frames > s.frames:
-        s = replace(s, slowfast=replace(sf, slow_frames=s.frames))
     if kv_dtype_ is not None and kv_dtype_ not in models.BYTES:
         raise SfedgeError(f"--kv-dtype must be one of {', '.join(models.BYTES)}, got {kv_dtype_!r}")
     return s
