@@ -109,7 +109,10 @@ def test_engine_file_sizes_exact_and_computed_sizes_agree(engines_fp32):
                                          info.manifest["model"]["max_length"])
     assert computed["llm"] == (llm_dir / "model.onnx.data").stat().st_size
     assert computed["embeddings"] == pytest.approx(info.file_bytes["embeddings"], abs=256)  # .npy header
-    assert computed["vision"] == pytest.approx(vision, rel=0.05)
+    # vision: the exporter stores identical tensors once (all-ones norms, zero biases of random
+    # checkpoints), so the weights file is a little smaller than the parameter count (sf-llava-cpu: 0.1%)
+    data = (engines_fp32 / "vision.onnx.data").stat().st_size
+    assert data <= computed["vision"] <= 1.02 * data
 
 
 def test_cli_plan_json_and_errors(capsys, engines_fp32):
