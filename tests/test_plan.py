@@ -133,3 +133,12 @@ def test_plan_imports_neither_torch_nor_transformers():
             "print([m for m in ('torch', 'transformers') if m in sys.modules], rc)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[] 0"
+
+
+def test_devices_doc_matches_the_table():
+    from pathlib import Path
+
+    from sfedge.plan.devices import markdown_tables
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "DEVICES.md").read_text()
+    assert markdown_tables() in doc, "regenerate docs/DEVICES.md's tables from sfedge.plan.devices.markdown_tables()"

@@ -219,3 +219,17 @@ def table_text(targets: list[Target]) -> str:
                     f"{t.int8_tops:8g} {t.fp32_tflops:8g}  {'yes' if t.unified else 'no'}")
     rows.append("dense tensor rates; sources and derivations: docs/DEVICES.md (or --target list --json)")
     return "\n".join(rows)
+
+
+def markdown_tables() -> str:
+    """The figures and the per-figure sources as docs/DEVICES.md shows them (tests keep the two equal)."""
+    rows = ["| target | memory (GiB) | OS share (GiB) | bandwidth (GB/s) | dense FP16 (TFLOP/s) | dense INT8 (TOP/s) "
+            "| FP32 (TFLOP/s) | unified |", "|---|---|---|---|---|---|---|---|"]
+    for t in TARGETS.values():
+        rows.append(f"| `{t.name}` ({t.label}) | {t.memory_gib:g} | {t.os_reserved_gib:g} | {t.bandwidth_gbps:g} | "
+                    f"{t.fp16_tflops:g} | {t.int8_tops:g} | {t.fp32_tflops:g} | {'yes' if t.unified else 'no'} |")
+    rows += ["", "Sources, figure by figure:", "", "| target | figure | source / derivation |", "|---|---|---|"]
+    for t in TARGETS.values():
+        rows += [f"| `{t.name}` | {k} | {t.sources[k]} |"
+                 for k in ("memory_gib", "bandwidth_gbps", "fp16_tflops", "int8_tops", "fp32_tflops")]
+    return "\n".join(rows)
