@@ -142,3 +142,23 @@ def test_devices_doc_matches_the_table():
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "DEVICES.md").read_text()
     assert markdown_tables() in doc, "regenerate docs/DEVICES.md's tables from sfedge.plan.devices.markdown_tables()"
+
+
+def test_plan_vs_measured_peak_rss_tiny(engines_fp32, clip_path):
+    """`sfedge ask`'s peak RSS (kernel high-water mark) within 15% of `sfedge plan --target cpu`.
+    Honest scope: the tiny engines' weights are < 1 MB, so on them this checks the runtime baseline
+    (measured) and the two activation estimates (50 frames of vision, a 3,744-token prefill); the
+    weight lines are checked by the file-size test above, and the whole budget on the real-width
+    sf-llava-cpu by scripts/plan_vs_measured.py (docs/BENCHMARKS.md)."""
+    import os
+
+    from sfedge.plan.measured import child_peak_rss_bytes, compare
+
+    info, _ = load_model(engines=str(engines_fp32), device="cpu")
+    plan = make_plan(info, get_target("cpu", ceilings=CEIL), settings_for(info, max_new_tokens=4))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    rss, rc, _ = child_peak_rss_bytes([sys.executable, "-m", "sfedge", "ask", str(engines_fp32), str(clip_path),
+                                       "What is moving?", "--max-new-tokens", "4"], env)
+    assert rc == 0
+    assert compare(plan, rss)["error"] <= 0.15, compare(plan, rss)

@@ -56,12 +56,14 @@ def kv_dtype(info: ModelInfo, s: Settings) -> str:
 
 def vision_activation_bytes(info: ModelInfo, frames: int) -> float:
     """Peak of the vision graph for a T-frame batch (estimated): per frame, one layer's attention
-    scores and probabilities (2 x heads x N^2), its MLP intermediate (N x m) and four hidden-state
-    tensors (N x h), N = 577; + the pixels (fp32) and the projected features out (T x 576 x D)."""
+    scores (heads x N^2; the softmax reuses the buffer), its MLP's three N x m tensors (fc1's output
+    and quick_gelu's x * sigmoid(1.702 x)) and four hidden-state tensors (N x h), N = 577; + the
+    pixels (fp32) and the projected features out (T x 576 x D). Checked against two measured peaks
+    on cpu (docs/BENCHMARKS.md, "sfedge plan vs measured")."""
     g = info.geometry
     b = BYTES[info.dtypes["vision"]]
     n = g.patches + 1
-    per_frame = (2 * info.vision_heads * n * n + n * g.v_mlp + 4 * n * g.v_hidden) * b
+    per_frame = (info.vision_heads * n * n + 3 * n * g.v_mlp + 4 * n * g.v_hidden) * b
     pixels = 3 * (g.patches ** 0.5 * 14) ** 2 * 4
     return frames * (per_frame + pixels + TOKENS_PER_FRAME * g.hidden * b)
 
