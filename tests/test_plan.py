@@ -120,6 +120,9 @@ def test_cli_plan_json_and_errors(capsys, engines_fp32):
                  "--json"]) == 0
     plan = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert plan["fits"] and plan["target"]["name"] == "agx-orin-64gb"
+    assert main(["plan", "--target", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["targets"]
+    assert [t["name"] for t in listed] == [*TARGETS, "cpu"] and listed[-1]["bandwidth_gbps"] > 0
     assert main(["plan", "--preset", "sf-llava-7b", "--target", "nope"]) == 2
     assert "unknown --target 'nope'" in capsys.readouterr().err
     assert main(["plan", "--engines", str(engines_fp32), "--target", "h200", "--precision", "int4"]) == 2
