@@ -8,7 +8,7 @@ count and maximum clock with Ampere's per-SM tensor rate, which reproduces the d
 TOPS (see `_ampere`). Units: memory in GiB (NVIDIA's "GB" of DRAM/HBM), bandwidth in GB/s
 (10^9), rates in TFLOP/s / TOP/s (10^12), all peak.
 
-`cpu` is this host, measured when asked for (`measure_host`): total RAM (psutil), memcpy
+`cpu` is this host, measured when asked for (`measure_host`): total RAM (sysconf), memcpy
 bandwidth and fp32 GEMM rate (`sfedge.bench.roofline.measure_cpu`, the bench's own ceilings).
 Torch-free.
 """
@@ -150,7 +150,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
 )}
 
 CPU_SOURCES = {
-    "memory_gib": "measured: psutil.virtual_memory().total on this host",
+    "memory_gib": "measured: physical pages x page size (sysconf) on this host",
     "bandwidth_gbps": "measured: sfedge.bench.roofline.measure_cpu (numpy copy, read + write counted)",
     "fp32_tflops": "measured: sfedge.bench.roofline.measure_cpu (numpy fp32 GEMM)",
     "fp16_tflops": "= the measured fp32 GEMM rate: on cpu, fp16 engines are built fp32 (sfedge export)",
@@ -160,8 +160,8 @@ CPU_SOURCES = {
                    "sfedge.runtime.pipeline) and nothing else",
 }
 
-_BASELINE = ("import psutil, onnxruntime, numpy, tokenizers, sfedge.runtime.pipeline; "
-             "print(psutil.Process().memory_info().rss)")
+_BASELINE = ("import resource, onnxruntime, numpy, tokenizers, sfedge.runtime.pipeline; "
+             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
 
 
 def runtime_baseline_bytes() -> int:
@@ -180,14 +180,14 @@ def runtime_baseline_bytes() -> int:
 def measure_host(ceilings: dict | None = None, runtime_bytes: int | None = None) -> Target:
     """The `cpu` target: this host's RAM, the bench's measured ceilings and the runtime's baseline RSS
     (measured now unless given)."""
-    import psutil
+    import os
 
     from ..bench.roofline import measure_cpu
 
     c = ceilings or measure_cpu()
     rate = c["matmul_TFLOPs"]
     base = runtime_bytes if runtime_bytes is not None else runtime_baseline_bytes()
-    return Target("cpu", "this host (measured)", "cpu", round(psutil.virtual_memory().total / 2**30, 2),
+    return Target("cpu", "this host (measured)", "cpu", round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 2),
                   round(c["bandwidth_GBps"], 2), round(rate, 4), round(rate, 4), round(rate, 4), unified=True,
                   runtime_gib=base / 2**30, sources=dict(CPU_SOURCES, how=c.get("how", "")))
 
