@@ -100,5 +100,5 @@ def render(plan: dict) -> str:
     else:
         out.append(f"  expected decode at {sp['efficiency']:.0%}: {sp['expected_decode_tokens_per_s']:.1f} tokens/s")
     out += [f"note: {n}" for n in plan["notes"]]
-    out.append("sources of every target figure: docs/DEVICES.md; estimated lines: docs/DEVICES.md#memory-budget")
+    out.append("sources of every target figure and of the estimated lines: docs/DEVICES.md")
     return "\n".join(out)
