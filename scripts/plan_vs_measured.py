@@ -4,8 +4,8 @@
         [--video CLIP] [--max-new-tokens 8] [--out RESULT.json]
 
 Without --engines it exports the preset (CPU, no validation) into .cache/plan-vs-measured/ once.
-The peak RSS is the kernel's high-water mark of the `sfedge ask` process (wait4's ru_maxrss, exact,
-no polling); the plan is `sfedge plan --engines DIR --target cpu` at the frames `ask` samples (the
+The peak RSS is the kernel's high-water mark of the `sfedge ask` process (ru_maxrss, exact, no
+polling; run under a small intermediate process, see sfedge.plan.measured); the plan is `sfedge plan --engines DIR --target cpu` at the frames `ask` samples (the
 engines' sampling setting) and the same new-token count. Prints both, the ratio and whether they
 agree within --tolerance (default 15%); the last stdout line is the JSON result.
 """
@@ -27,15 +27,19 @@ from sfedge.plan.measured import child_peak_rss_bytes, compare  # noqa: E402
 from sfedge.plan.report import load_model, make_plan, render, settings_for  # noqa: E402
 
 
+def _env() -> dict:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+
+
 def engines_for(preset: str, precision: str, max_frames: int) -> Path:
     out = ROOT / ".cache" / "plan-vs-measured" / f"engines-{preset}-{precision}-f{max_frames}"
-    if not (out / "manifest.json").is_file():
-        from sfedge.export import export_model
-        from sfedge.models.presets import preset_checkpoint
+    if not (out / "manifest.json").is_file():  # in a subprocess: this process stays small
+        import subprocess
 
         t = time.time()
-        export_model(preset_checkpoint(preset), out, precision=precision, device="cpu", max_frames=max_frames,
-                     validate=False, force=True)
+        subprocess.run([sys.executable, "-m", "sfedge", "export", "--preset", preset, str(out), "--precision",
+                        precision, "--device", "cpu", "--max-frames", str(max_frames), "--no-validate", "--force"],
+                       check=True, env=_env())
         print(f"exported {preset} {precision} -> {out} in {time.time() - t:.0f} s", flush=True)
     return out
 
@@ -57,7 +61,7 @@ def main() -> int:
         from sfedge.synthetic import make_clip
 
         video = str(make_clip(ROOT / ".cache" / "plan-vs-measured" / "clip.mp4", num_frames=60, seed=0))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = _env()
     argv = [sys.executable, "-m", "sfedge", "ask", str(engines), video, "What is moving?",
             "--max-new-tokens", str(a.max_new_tokens)]
     load0 = os.getloadavg()[0]

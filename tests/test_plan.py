@@ -54,6 +54,9 @@ def test_budget_by_hand_on_the_toy_preset():
     assert lines["runtime"] == 0.25 * 2**30
     # prefill: 10 x 288 + 8 x 16 = 3008 visual + 64 text; (2 x 256 + 4 x 128) x 3072 x 2 + logits 2048 x 4
     assert lines["prefill"] == 3072 * 1024 * 2 + 2048 * 4
+    # on cpu (fp32): + the resident causal half of GQA's fp32 probabilities, 4 heads x 3072 x 3073 / 2 x 4 B
+    cpu = model.from_preset("sf-llava-test", "fp32", "cpu")
+    assert budget.prefill_activation_bytes(cpu, 3072) == 4 * 3072 * 3073 // 2 * 4 + 3072 * 1024 * 4 + 2048 * 4
     r = budget.fit(info, TOY, s)
     assert r["problems"] == [f"prompt 3072 + 16 new tokens = 3088 > context 1024"] and not r["fits"]
     assert budget.fit(info, TOY, budget.Settings(frames=8, max_context=4096, max_new_tokens=16))["fits"]

@@ -71,11 +71,12 @@ def vision_activation_bytes(info: ModelInfo, frames: int) -> float:
 def prefill_activation_bytes(info: ModelInfo, tokens: int) -> float:
     """Peak of one prefill of `tokens` positions (estimated): gate and up MLP intermediates (2 x n x m)
     and four hidden-state tensors (n x D) in the I/O dtype; on cpu ONNX Runtime's GroupQueryAttention
-    also materialises the fp32 attention probabilities of every head (heads x n^2 x 4 bytes); on CUDA
-    its flash / memory-efficient kernels do not (0)."""
+    also materialises fp32 attention probabilities for every head, of which the causal lower triangle
+    is written and so resident (heads x n(n+1)/2 x 4 bytes; the rest of the buffer is never touched);
+    on CUDA its flash / memory-efficient kernels keep none (0)."""
     g = info.geometry
     b = BYTES[info.dtypes["io"]]
-    probs = g.heads * tokens * tokens * 4 if info.device == "cpu" else 0
+    probs = g.heads * tokens * (tokens + 1) // 2 * 4 if info.device == "cpu" else 0
     return tokens * (2 * g.mlp + 4 * g.hidden) * b + probs + info.vocab * 4
 
 

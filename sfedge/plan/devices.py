@@ -160,8 +160,9 @@ CPU_SOURCES = {
                    "sfedge.runtime.pipeline) and nothing else",
 }
 
-_BASELINE = ("import resource, onnxruntime, numpy, tokenizers, sfedge.runtime.pipeline; "
-             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
+# current RSS (/proc/self/statm), not ru_maxrss: a child's ru_maxrss includes its parent's peak
+_BASELINE = ("import os, onnxruntime, numpy, tokenizers, sfedge.runtime.pipeline; "
+             "print(int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE'))")
 
 
 def runtime_baseline_bytes() -> int:
