@@ -209,3 +209,23 @@ def test_cli_json_lines_and_errors(engines_fp32, live_clip, tmp_path, capsys):
     assert len(err) == 1 and "source not found" in err[0]
     qfile.write_text('{"t": "x"}\n')
     assert main(["watch", str(engines_fp32), "--source", str(live_clip), "--questions-file", str(qfile)]) == 2
+
+
+def test_stdin_questions_and_ctrl_c_end_cleanly(pipe, live_clip):
+    """A stdin question read before the first frame waits for it; Ctrl-C (here raised while the
+    first answer is handled) ends the run with its counts and the source closed."""
+    import io
+
+    watcher = Watcher(pipe, window=4, gen=GEN)
+    source = open_source(str(live_clip))
+    seen = []
+
+    def on_answer(record, result):
+        seen.append(record)
+        raise KeyboardInterrupt
+
+    result = watch(watcher, source, Schedule(), fps=4.0, realtime=False, stdin=io.StringIO(Q1 + "\n\n"),
+                   on_answer=on_answer)
+    assert result.interrupted and result.error is None and source.container is None
+    assert len(seen) == 1 and seen[0]["window_frames"] >= 1 and seen[0]["answer"] is not None
+    assert result.summary()["summary"]["answers"] == 1

@@ -17,7 +17,8 @@ realtime the reader waits for the consumer instead, so nothing is dropped and ru
 Questions: scheduled at source times (`--questions-file`, `--question --every`): a question at t is
 answered over the frames with timestamps <= t, before any later frame is added; questions of a
 file timed after the end of the stream are answered over the last window. Questions on stdin
-arrive while the stream runs (t is the source time of the latest frame read then). TTFT counts from
+arrive while the stream runs (t is the source time of the latest frame read then); a question that
+comes before the first frame is answered once that frame is in the buffer. TTFT counts from
 a question's arrival (the reader reaching its time, or its line being read) to the first token.
 """
 
@@ -339,27 +340,38 @@ def watch(watcher: Watcher, source: Source, schedule: Schedule, *, fps: float = 
     for th in threads:
         th.start()
     interrupted = False
+    early: list[Question] = []  # questions that came before the first frame: answered after it
+
+    def answer(q: Question) -> None:
+        record = {"t": round(q.t, 3) if q.t is not None else None, "question": q.question}
+        try:
+            result = watcher.answer(q, on_token_for(q) if on_token_for else None)
+        except SfedgeError as e:
+            record["error"] = str(e)
+            result = None
+        else:
+            record.update(answer=result.answer, window_frames=len(watcher.window),
+                          ttft_ms=round(result.timings_ms["ttft"], 3), total_ms=round(result.timings_ms["total"], 3))
+            if q.options:
+                record.update(options=q.options, choice=result.choice)
+        record.update({k: v for k, v in stats.to_dict().items() if k != "answers"})
+        if on_answer is not None:
+            on_answer(record, result)
+
     try:
         while (ev := handoff.get()) is not None:
             stats.frames_dropped = handoff.dropped
-            if ev[0] == "frame":
-                watcher.add(ev[2])
+            if ev[0] == "question":
+                if len(watcher.window):
+                    answer(ev[1])
+                else:
+                    early.append(ev[1])
                 continue
-            q = ev[1]
-            record = {"t": round(q.t, 3) if q.t is not None else None, "question": q.question}
-            try:
-                result = watcher.answer(q, on_token_for(q) if on_token_for else None)
-            except SfedgeError as e:
-                record["error"] = str(e)
-                result = None
-            else:
-                record.update(answer=result.answer, window_frames=len(watcher.window),
-                              ttft_ms=round(result.timings_ms["ttft"], 3), total_ms=round(result.timings_ms["total"], 3))
-                if q.options:
-                    record.update(options=q.options, choice=result.choice)
-            record.update({k: v for k, v in stats.to_dict().items() if k != "answers"})
-            if on_answer is not None:
-                on_answer(record, result)
+            watcher.add(ev[2])
+            while early:
+                answer(early.pop(0))
+        while early:  # the stream ended without a frame: each gets its error line
+            answer(early.pop(0))
     except KeyboardInterrupt:
         interrupted = True
     finally:
