@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sfedge.runtime.frame_diff import FrameSkipper, patch_mad, videollama3_keep_mask
+from sfedge.runtime.frame_diff import DEFAULT_SKIP_THRESHOLD, FrameSkipper, patch_mad, videollama3_keep_mask
 from sfedge.synthetic import render_scene
 
 
@@ -48,16 +48,17 @@ def test_skipper_compares_with_the_last_encoded_frame():
         FrameSkipper(300)
 
 
-def test_skipper_on_rendered_scenes():
-    """Noise-free static scene: skipped; the moving disc: never skipped, even at a lax threshold."""
+def test_default_threshold_on_rendered_scenes():
+    """At the default threshold a static scene with noise (sigma 2) is skipped; the moving disc
+    (12 frames apart: --fps 2 of a 24 fps source), with the same noise, never is."""
     from sfedge.runtime.preprocess import resize_frames
 
-    static = resize_frames([render_scene(i, scene="static") for i in range(4)])
-    moving = resize_frames([render_scene(i * 12, scene="moving-object") for i in range(4)])
-    s = FrameSkipper(10.0)
+    static = resize_frames([render_scene(i, scene="static", noise=2.0) for i in range(4)])
+    moving = resize_frames([render_scene(i * 12, scene="moving-object", noise=2.0) for i in range(4)])
+    s = FrameSkipper(DEFAULT_SKIP_THRESHOLD)
     s.encoded(static[0])
     assert all(s.skip(f) for f in static[1:])
-    s = FrameSkipper(10.0)
+    s = FrameSkipper(DEFAULT_SKIP_THRESHOLD)
     s.encoded(moving[0])
     for f in moving[1:]:
         assert not s.skip(f)

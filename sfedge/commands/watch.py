@@ -24,7 +24,8 @@ def add_arguments(p) -> None:
     p.add_argument("--every", type=float, default=None, metavar="SECONDS", help="with --question: its period")
     p.add_argument("--skip-threshold", type=float, default=None, metavar="X",
                    help="reuse the last encoded frame's features when every 14x14 patch changed by less than X "
-                        "(mean absolute difference, 0-255, on the resized frames); default: off")
+                        "(mean absolute difference, 0-255, on the resized frames; default 4, measured in "
+                        "docs/BENCHMARKS.md 'Frame skipping'; 0: encode every frame)")
     rt = p.add_mutually_exclusive_group()
     rt.add_argument("--realtime", dest="realtime", action="store_true", default=True,
                     help="play a video file at its real rate, dropping frames vision cannot keep up with (default)")
@@ -42,6 +43,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from ..runtime.frame_diff import DEFAULT_SKIP_THRESHOLD
     from ..runtime.pipeline import Pipeline
     from ..runtime.sources import open_source
     from ..runtime.watch import Schedule, Watcher, load_questions, watch
@@ -52,8 +54,9 @@ def run(args) -> int:
         raise SfedgeError("--question and --every go together")
     if args.every is not None and not args.every > 0:
         raise SfedgeError(f"--every must be > 0, got {args.every}")
-    if args.skip_threshold is not None and not 0 <= args.skip_threshold <= 255:
-        raise SfedgeError(f"--skip-threshold must be within 0-255, got {args.skip_threshold}")
+    skip = DEFAULT_SKIP_THRESHOLD if args.skip_threshold is None else args.skip_threshold
+    if not 0 <= skip <= 255:
+        raise SfedgeError(f"--skip-threshold must be within 0-255, got {skip}")
     if args.fps <= 0:
         raise SfedgeError(f"--fps must be > 0, got {args.fps}")
     try:
@@ -67,7 +70,7 @@ def run(args) -> int:
     else:
         schedule = Schedule()
     pipe = Pipeline(args.engines, provider=args.provider, prefix_cache_mb=args.prefix_cache_mb)
-    watcher = Watcher(pipe, window=args.window, skip_threshold=args.skip_threshold, gen=gen)
+    watcher = Watcher(pipe, window=args.window, skip_threshold=skip or None, gen=gen)
     source = open_source(args.source)  # one line and exit 2 if it cannot be opened
     stdin = sys.stdin if schedule.every is None and not schedule.pending else None
 

@@ -21,6 +21,10 @@ from __future__ import annotations
 import numpy as np
 
 PATCH = 14  # CLIP ViT-L/14's patch size: the grid the vision tower sees
+# `watch`'s default --skip-threshold, measured (docs/BENCHMARKS.md, "Frame skipping"): the largest
+# threshold that skipped no frame of a moving object (any noise, 2 and 10 fps) nor of real footage,
+# while skipping >= 92% of a static scene's frames at every noise level measured (sigma 0-8, H.264)
+DEFAULT_SKIP_THRESHOLD = 4.0
 
 
 def patch_mean_abs_diff(a: np.ndarray, b: np.ndarray, patch: int = PATCH) -> np.ndarray:

@@ -113,7 +113,7 @@ class Watcher:
         self.window = FrameWindow(window)
         self.skipper = FrameSkipper(skip_threshold)
         self.stats = Stats()
-        self.timings: dict[str, float] = {}  # preprocess and vision ms, summed over frames
+        self.timings: dict[str, float] = {}  # preprocess, frame_diff and vision ms, summed over frames
         self._last: tuple[bytes, np.ndarray] | None = None  # the last encoded frame
 
     def add(self, frame: np.ndarray) -> bool:
@@ -121,7 +121,11 @@ class Watcher:
         t = time.perf_counter()
         resized = resize_frames([frame], self.pipe.spec.preprocess, workers=1)
         self.timings["preprocess"] = self.timings.get("preprocess", 0.0) + (time.perf_counter() - t) * 1e3
-        if self._last is not None and self.skipper.skip(resized[0]):
+        t = time.perf_counter()
+        skip = self._last is not None and self.skipper.skip(resized[0])
+        if self.skipper.threshold is not None:
+            self.timings["frame_diff"] = self.timings.get("frame_diff", 0.0) + (time.perf_counter() - t) * 1e3
+        if skip:
             self.window.push(*self._last)  # same key, same features: equal features <=> equal keys
             self.stats.frames_skipped += 1
             return False
