@@ -35,13 +35,12 @@ def patch_mean_abs_diff(a: np.ndarray, b: np.ndarray, patch: int = PATCH) -> np.
     *lead, h, w, c = a.shape
     if h % patch or w % patch:
         raise ValueError(f"frame {h}x{w} is not a whole number of {patch}-pixel patches")
-    if a.dtype == np.uint8:
-        diff = np.abs(a.astype(np.int16) - b.astype(np.int16)).astype(np.int32)
-    else:
-        diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    exact = a.dtype == np.uint8
+    diff = np.abs(a.astype(np.int16) - b) if exact else np.abs(a.astype(np.float64) - b)
     regions = diff.reshape(*lead, h // patch, patch, w // patch, patch, c)
     n = len(lead)
-    return regions.sum(axis=(n + 1, n + 3, n + 4)) / float(patch * patch * c)
+    sums = regions.sum(axis=(n + 1, n + 3, n + 4), dtype=np.int32 if exact else np.float64)
+    return sums / float(patch * patch * c)
 
 
 def patch_mad(frame: np.ndarray, reference: np.ndarray, patch: int = PATCH) -> np.ndarray:
