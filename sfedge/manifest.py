@@ -69,6 +69,14 @@ Extensions written by `sfedge export` (sfedge/export/), all under schema version
       "tokenizer": {"path": "tokenizer", "files": ["tokenizer.json", ...]}
     },
     "source": {"name": "tiny" | as given, ...},
+    "context": {"max_context": N,                          # = model.max_length = kv_cache.max_length
+                "checkpoint_max_position_embeddings": 32768,
+                "rope": {"checkpoint": {...} | null, "builder": {...} | null, "why": "..."},
+                "kv_cache": {"dtype", "per_token", "context", "total"}},   # bytes (sfedge.context)
+    "tokenizer_guard": {"reference": "SentencePiece tokenizer.model as LLaVA's slow ...",
+                        "family": "vicuna" | "chatml", "passed": bool, "allowed_mismatches": n,
+                        "canaries": [{"text": chunk, "ids": [reference ids],
+                                      "runtime_ids": [...] (only where allowed to differ)}]},
     "validation": {"metric": ..., "frame_counts": [1, 7, 50], "passed": true,
                    "vision" | "slowfast" | "llm" | "chain": {"precision", "rel_tol", "min_cosine",
                        "rel", "max_abs", "cosine", "passed", "failure", "cases": {case: errors}}}

@@ -54,9 +54,21 @@ def build_prompt(question: str, options: Sequence[str] | None = None, family: st
     """The full prompt text, with `<image>` where the visual tokens go."""
     if family not in FAMILIES:
         raise ValueError(f"prompt family must be one of {FAMILIES}, got {family!r}")
+    for what, text in (("question", question), *(("option", o) for o in options or ())):
+        _check_encodable(text, what)
     if options:
         return TEMPLATES[(family, "mc")] % (question, render_options(options))
     return TEMPLATES[(family, "open")] % question
+
+
+def _check_encodable(text: str, what: str) -> None:
+    """ValueError (one line) for text that cannot be UTF-8: lone surrogates, which is what Python
+    makes of command-line bytes that are not UTF-8 (the tokenizer would raise deep inside)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"the {what} is not valid UTF-8 (undecodable character at position {e.start}): "
+                         f"{text[:60].encode('utf-8', 'backslashreplace').decode()!r}") from None
 
 
 def parse_choice(answer: str, num_options: int) -> str | None:

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
+try:
+    import av
+except ImportError:  # make_image_dir needs no PyAV; clips do
+    av = None
 import numpy as np
 from PIL import Image
 
@@ -35,6 +38,8 @@ _ENCODERS_BY_CODEC = {"h264": ("libx264",), "hevc": ("libx265",), "vp9": ("libvp
 
 def has_encoder(name: str) -> bool:
     """True if this PyAV build can encode with `name` (e.g. "libx264")."""
+    if av is None:
+        return False
     try:
         av.codec.Codec(name, "w")
     except Exception:  # av raises UnknownCodecError, a subclass of ValueError, for unknown names

@@ -91,3 +91,79 @@ def short_clips(tmp_path_factory):
     if has_encoder("libvpx-vp9"):
         clips["webm-9"] = make_clip(root / "nine.webm", 9, seed=6)
     return clips
+
+
+# --- real SentencePiece tokenizers (fetched once from PyPI, cached outside the repo) --------------
+
+MISTRAL_COMMON = "mistral-common==1.13.1"  # its wheel carries Mistral-7B's tokenizer.model (v1)
+MISTRAL_SP_MEMBER = "mistral_common/data/tokenizer.model.v1"
+MISTRAL_SP_SHA256 = "dadfd56d766715c61d2ef780a525ab43b8e6da4de6865bda3d95fdef5e134055"
+
+
+def _test_assets_dir():
+    from pathlib import Path
+
+    root = os.environ.get("SFEDGE_TEST_ASSETS") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sfedge-test-assets"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def mistral_sp_model():
+    """Mistral-7B's SentencePiece model (493 KB): `pip download` of the mistral-common wheel (no
+    dependencies), the member read from the zip, its sha256 checked, cached in
+    $SFEDGE_TEST_ASSETS (default ~/.cache/sfedge-test-assets). Skips where PyPI is unreachable."""
+    import hashlib
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+    from pathlib import Path
+
+    target = _test_assets_dir() / "mistral-7b-tokenizer.model.v1"
+    if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == MISTRAL_SP_SHA256:
+        return target
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", tmp, MISTRAL_COMMON]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            pytest.skip(f"cannot fetch {MISTRAL_COMMON} from PyPI: {proc.stderr.strip()[-200:]}")
+        data = zipfile.ZipFile(wheels[0]).read(MISTRAL_SP_MEMBER)
+    if hashlib.sha256(data).hexdigest() != MISTRAL_SP_SHA256:
+        pytest.fail(f"{MISTRAL_COMMON}'s {MISTRAL_SP_MEMBER} has an unexpected sha256")
+    tmp_target = target.with_suffix(f".tmp{os.getpid()}")
+    tmp_target.write_bytes(data)
+    tmp_target.replace(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def sp_mistral_dir(tmp_path_factory, mistral_sp_model):
+    """llava-hf/llava-v1.6-mistral-7b-hf's layout and tokenizer files (Mistral-7B's SentencePiece
+    model, <image> = 32000, 32,064 embedding rows, max_position_embeddings 32,768), tiny random weights."""
+    from sfedge.models.sentencepiece_ckpt import make_sentencepiece_checkpoint
+
+    return make_sentencepiece_checkpoint(tmp_path_factory.mktemp("sp") / "sp-mistral", mistral_sp_model,
+                                         family="vicuna", seed=2, llm="mistral", max_position_embeddings=32768)
+
+
+@pytest.fixture(scope="session")
+def sp_chatml_dir(tmp_path_factory, mistral_sp_model):
+    """The same SentencePiece model with <|im_start|> / <|im_end|> added as special tokens (ChatML
+    prompts: a stand-in for Yi-34B, whose tokenizer is not obtainable here), Llama text model."""
+    from sfedge.models.sentencepiece_ckpt import make_sentencepiece_checkpoint
+
+    return make_sentencepiece_checkpoint(tmp_path_factory.mktemp("sp") / "sp-chatml", mistral_sp_model,
+                                         family="chatml", seed=3, llm="llama", max_position_embeddings=4096)
+
+
+@pytest.fixture(scope="session")
+def engines_sp_mistral(tmp_path_factory, sp_mistral_dir):
+    return export_tiny(tmp_path_factory, sp_mistral_dir, "sp-mistral-fp32", "fp32")
+
+
+@pytest.fixture(scope="session")
+def engines_sp_chatml(tmp_path_factory, sp_chatml_dir):
+    return export_tiny(tmp_path_factory, sp_chatml_dir, "sp-chatml-fp32", "fp32")

@@ -161,3 +161,21 @@ def test_stop_strings_end_the_answer(pipe, short_clips):
     got = pipe.ask(video, Q1, gen=GenerationSpec(max_new_tokens=16, ignore_eos=True), stop=[cut])
     assert got.stop_reason == "stop" and got.answer == text[:text.index(cut)].strip()
     assert len(got.token_ids) < len(full.token_ids)
+
+
+def test_cancelled_is_asked_after_every_token(pipe, short_clips):
+    """A server's disconnect check: asked once per token (also a token that completes no text yet),
+    generation ends right after the token where it says True; the next answer is unaffected."""
+    video = short_clips["dir-5"]
+    gen = GenerationSpec(max_new_tokens=16, ignore_eos=True)
+    calls = []
+    stream = pipe.stream(video, Q1, gen=gen, cancelled=lambda: calls.append(1) or len(calls) >= 3)
+    while True:
+        try:
+            next(stream)
+        except StopIteration as done:
+            result = done.value
+            break
+    assert result.stop_reason == "cancelled" and len(result.token_ids) == 3 and len(calls) == 3
+    full = pipe.ask(video, Q1, gen=gen)
+    assert len(full.token_ids) == 16 and full.token_ids[:3] == result.token_ids

@@ -1,13 +1,18 @@
 """Peak memory while a block runs: host RSS (psutil polling) and, on CUDA, device memory.
 
-Device memory of the engines is read with `nvidia-smi` (whole-GPU `memory.used`, polled), so it
-is reported relative to a baseline taken before the engines were loaded; the PyTorch reference's
-is exact (`torch.cuda.max_memory_allocated`, read by the runner). Polling can miss a spike shorter
-than the interval; RSS is polled every 5 ms, the GPU every 100 ms.
+The bench polls only around loading and the warmup runs, never inside its timed loop.
+Device memory of the engines: `cuda_used_mb` asks the CUDA runtime that the CUDA provider loaded
+(`cudaMemGetInfo`, no polling) before the sessions exist and after the runs; ONNX Runtime's CUDA
+arena keeps what it reserved at its peak, so the difference is the provider's peak reservation
+(+ its CUDA context and cuBLAS / cuDNN workspaces). Without a loaded CUDA runtime it falls back to
+`nvidia-smi` (whole-GPU `memory.used`). The PyTorch reference's is exact
+(`torch.cuda.max_memory_allocated`, read by the runner). Polling can miss a spike shorter than the
+interval; RSS is polled every 5 ms, the GPU every 100 ms.
 """
 
 from __future__ import annotations
 
+import ctypes
 import shutil
 import subprocess
 import threading
@@ -26,6 +31,35 @@ def gpu_used_mb(index: int = 0) -> float | None:
         return float(out.stdout.strip().splitlines()[0])
     except (subprocess.SubprocessError, ValueError, IndexError, OSError):
         return None
+
+
+def _loaded_cudart() -> str | None:
+    """The path of the libcudart this process loaded (the CUDA provider's, or torch's), if any."""
+    try:
+        maps = open("/proc/self/maps").read()
+    except OSError:
+        return None
+    for line in maps.splitlines():
+        path = line.split()[-1] if line.split() else ""
+        if "/libcudart.so" in path:
+            return path
+    return None
+
+
+def cuda_used_mb(index: int = 0) -> tuple[float | None, str]:
+    """(MiB used on the GPU, how it was read): from the loaded CUDA runtime's `cudaMemGetInfo`
+    (total - free) where this process has one, else from nvidia-smi; (None, reason) without either."""
+    path = _loaded_cudart()
+    if path is not None:
+        try:
+            rt = ctypes.CDLL(path)
+            free, total = ctypes.c_size_t(), ctypes.c_size_t()
+            if rt.cudaSetDevice(index) == 0 and rt.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total)) == 0:
+                return (total.value - free.value) / MB, f"cudaMemGetInfo ({path.rsplit('/', 1)[-1]})"
+        except OSError:
+            pass
+    used = gpu_used_mb(index)
+    return used, "nvidia-smi memory.used" if used is not None else "no CUDA runtime loaded and no nvidia-smi"
 
 
 class PeakMonitor:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from .runner import STAGES
 
-PACKAGES = ("sfedge", "onnxruntime", "onnxruntime-gpu", "onnxruntime-genai", "torch", "transformers", "numpy")
+PACKAGES = ("sfedge", "onnxruntime", "onnxruntime-gpu", "onnxruntime-genai", "torch", "transformers", "numpy",
+            "tokenizers", "onnx", "av")
 
 
 def environment() -> dict:

@@ -1,11 +1,16 @@
 """The bench loop: warm up, then time every stage of the engines and of the PyTorch reference on
 the same frames and prompt, with a fixed number of new tokens (EOS ignored).
 
-Stages (ms): decode_video, preprocess, vision, slowfast, prefill (= time to first token, from the
-end of pooling), decode_ms_per_token, e2e (wall clock of one whole answer). The engines' stages come
+Stages (ms): decode_video, preprocess, vision, slowfast, prefill (from the end of pooling to the
+first token), ttft (time to first token as a user sees it: from the call with the video to the first
+token out), decode_ms_per_token, e2e (wall clock of one whole answer). The engines' stages come
 from `Pipeline.ask(...).timings_ms`; the reference is timed step by step around
 `SlowFastLlava`'s methods, within one N-token generate: prefill up to the moment the first token's
 id is on the host, decode the rest / (N - 1) (as the engines' are).
+
+Memory is sampled (PeakMonitor polls) only while loading and during the warmup runs (at least one
+untimed run), never inside the timed loop; the engines' device memory is the CUDA runtime's own
+figure before loading and after the runs (memory.cuda_used_mb).
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ from ..cache import cache_dir
 from ..manifest import load_manifest
 from ..spec import GenerationSpec, PipelineSpec
 from . import roofline
-from .memory import PeakMonitor, gpu_used_mb
+from .memory import PeakMonitor, cuda_used_mb
 from .stats import ratio, summarize_runs
 
 QUESTION = "What is happening in the video?"
-STAGES = ("decode_video", "preprocess", "vision", "slowfast", "prefill", "decode_ms_per_token", "e2e")
+STAGES = ("decode_video", "preprocess", "vision", "slowfast", "prefill", "ttft", "decode_ms_per_token", "e2e")
+TTFT_PARTS = ("decode_video", "preprocess", "vision", "slowfast", "prefill")
 
 
 @dataclass
@@ -39,6 +45,7 @@ class BenchConfig:
     model: str | None = None  # reference checkpoint; default: the manifest's source checkpoint
     roofline: bool = True
     question: str = QUESTION
+    ceilings: dict | None = None  # measured already (e.g. by the GPU plan): not measured again
 
 
 @dataclass
@@ -68,6 +75,9 @@ def _engine_run(res, wall_ms: float) -> dict:
     t = res.timings_ms
     n = len(res.token_ids)
     run = {k: float(t[k]) for k in ("decode_video", "preprocess", "vision", "slowfast", "prefill") if k in t}
+    # The pipeline's own "ttft" (video in -> first token out) where it reports one; else the sum of
+    # the stages before the first token (which leaves out the little time between them)
+    run["ttft"] = float(t["ttft"]) if "ttft" in t else sum(run.get(k, 0.0) for k in TTFT_PARTS)
     run["decode_ms_per_token"] = float(t["decode"]) / max(1, n - 1)  # the first token comes from prefill
     run["e2e"] = wall_ms
     run["new_tokens"] = n
@@ -78,17 +88,32 @@ def bench_engines(cfg: BenchConfig, gen: GenerationSpec, on_cuda: bool) -> SideR
     from ..runtime.pipeline import Pipeline
 
     side = SideResult()
-    baseline = gpu_used_mb() if on_cuda else None
-    with PeakMonitor(gpu=on_cuda, gpu_baseline_mb=baseline) as mon:
+    baseline = how = None
+    if on_cuda:
+        from ..runtime.cuda_libraries import preload
+
+        preload()  # the CUDA runtime the provider will use, so that its figure is the baseline
+        baseline, how = cuda_used_mb()
+    with PeakMonitor() as mon:  # loading and the untimed runs only
         pipe = Pipeline(cfg.engines, provider=cfg.provider, prefix_reuse=False)  # every run a cold prefill
-        for i in range(cfg.warmup + cfg.runs):
-            t0 = time.perf_counter()
+        for _ in range(max(1, cfg.warmup)):
             res = pipe.ask(cfg.video, cfg.question, gen=gen)
-            wall = (time.perf_counter() - t0) * 1e3
-            if i >= cfg.warmup:
-                side.runs.append(_engine_run(res, wall))
-    side.peak_rss_mb, side.peak_gpu_mb = mon.peak_rss_mb, mon.peak_gpu_mb
-    side.info = {"frames": len(res.frame_indices), "visual_tokens": res.num_visual_tokens}
+    ttft_reported = "ttft" in res.timings_ms
+    for _ in range(cfg.runs):
+        t0 = time.perf_counter()
+        res = pipe.ask(cfg.video, cfg.question, gen=gen)
+        side.runs.append(_engine_run(res, (time.perf_counter() - t0) * 1e3))
+    side.peak_rss_mb = mon.peak_rss_mb
+    side.info = {"frames": len(res.frame_indices), "visual_tokens": res.num_visual_tokens,
+                 "ttft_source": "Pipeline timings_ms['ttft']" if ttft_reported else "sum of the stages before the "
+                 "first token (this Pipeline reports no 'ttft')",
+                 "memory_note": "peak RSS sampled over loading + untimed runs"}
+    if on_cuda:
+        used, how_after = cuda_used_mb()
+        if used is not None and baseline is not None and how_after == how:
+            side.peak_gpu_mb = max(0.0, used - baseline)
+            side.info["memory_note"] += (f"; device: {how} after the runs minus before the sessions (the CUDA "
+                                         f"provider's arena keeps its peak reservation)")
     del pipe
     gc.collect()
     return side
@@ -112,41 +137,44 @@ def bench_reference(cfg: BenchConfig, gen: GenerationSpec, spec: PipelineSpec, c
     side = SideResult(info={"dtype": dtype, "checkpoint": checkpoint})
     if on_cuda:
         torch.cuda.reset_peak_memory_stats()
-    with PeakMonitor() as mon:
+
+    def one_run() -> dict:
+        marks = [time.perf_counter()]
+
+        def mark() -> None:
+            sync()
+            marks.append(time.perf_counter())
+
+        clip = load_video(cfg.video, spec.sampling.num_frames)
+        mark()
+        pixels = torch.from_numpy(preprocess(clip.frames, spec.preprocess))
+        mark()
+        feats = ref.vision_features(pixels)
+        mark()
+        visual = ref.pool(feats)
+        mark()
+        embeds = ref.inputs_embeds(ref.prompt_ids(cfg.question), visual)
+        mark()
+        first: list[float] = []  # when the first token's id reached the host (int() syncs)
+        new_ids = ref.generate(embeds, gen, on_token=lambda _t: first or first.append(time.perf_counter()))
+        mark()
+        ms = [(b - a) * 1e3 for a, b in zip(marks, marks[1:])]  # ..., slowfast, splice, generate
+        side.info.update(frames=int(pixels.shape[0]), visual_tokens=int(visual.shape[0]),
+                         prefill_tokens=embeds.shape[1])
+        return {"decode_video": ms[0], "preprocess": ms[1], "vision": ms[2], "slowfast": ms[3],
+                "prefill": (first[0] - marks[-2]) * 1e3, "ttft": (first[0] - marks[0]) * 1e3,
+                "decode_ms_per_token": (marks[-1] - first[0]) * 1e3 / max(1, len(new_ids) - 1),
+                "e2e": sum(ms), "new_tokens": len(new_ids)}
+
+    with PeakMonitor() as mon:  # loading and the untimed runs only
         ref = SlowFastLlava.from_pretrained(checkpoint, dtype=getattr(torch, dtype), device=device, spec=spec)
-        for i in range(cfg.warmup + cfg.runs):
-            marks = [time.perf_counter()]
-
-            def mark() -> None:
-                sync()
-                marks.append(time.perf_counter())
-
-            clip = load_video(cfg.video, spec.sampling.num_frames)
-            mark()
-            pixels = torch.from_numpy(preprocess(clip.frames, spec.preprocess))
-            mark()
-            feats = ref.vision_features(pixels)
-            mark()
-            visual = ref.pool(feats)
-            mark()
-            embeds = ref.inputs_embeds(ref.prompt_ids(cfg.question), visual)
-            mark()
-            first: list[float] = []  # when the first token's id reached the host (int() syncs)
-            new_ids = ref.generate(embeds, gen, on_token=lambda _t: first or first.append(time.perf_counter()))
-            mark()
-            ms = [(b - a) * 1e3 for a, b in zip(marks, marks[1:])]  # ..., slowfast, splice, generate
-            prefill = (first[0] - marks[-2]) * 1e3
-            if i >= cfg.warmup:
-                side.runs.append({
-                    "decode_video": ms[0], "preprocess": ms[1], "vision": ms[2], "slowfast": ms[3],
-                    "prefill": prefill, "decode_ms_per_token": (marks[-1] - first[0]) * 1e3 / max(1, len(new_ids) - 1),
-                    "e2e": sum(ms), "new_tokens": len(new_ids),
-                })
+        for _ in range(max(1, cfg.warmup)):
+            one_run()
+    side.runs = [one_run() for _ in range(cfg.runs)]
     side.peak_rss_mb = mon.peak_rss_mb
     if on_cuda:
         side.peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20
-    side.info.update(frames=int(pixels.shape[0]), visual_tokens=int(visual.shape[0]), prefill_tokens=embeds.shape[1],
-                     weight_bytes=sum(p.numel() * p.element_size() for n, p in ref.model.named_parameters()
+    side.info.update(weight_bytes=sum(p.numel() * p.element_size() for n, p in ref.model.named_parameters()
                                       if "language_model" in n and "embed_tokens" not in n)
                      + ref.model.lm_head.weight.numel() * ref.model.lm_head.weight.element_size())
     del ref
@@ -208,8 +236,9 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
 
     ceilings = None
     if cfg.roofline:
-        log("measuring ceilings (bandwidth, matmul rate) ...")
-        ceilings = roofline.measure_cuda() if on_cuda else roofline.measure_cpu()
+        if cfg.ceilings is None:
+            log("measuring ceilings (bandwidth, matmul rate) ...")
+        ceilings = cfg.ceilings or (roofline.measure_cuda() if on_cuda else roofline.measure_cpu())
     log(f"engines: {cfg.engines} ({precision}, {cfg.provider}), {cfg.warmup} warmup + {cfg.runs} runs ...")
     eng = bench_engines(cfg, gen, on_cuda)
     cfg_dict = _checkpoint_config(checkpoint)

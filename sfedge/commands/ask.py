@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import SfedgeError
-from ._common import add_json_flag, existing_path, print_json
+from ._common import add_json_flag, existing_path, print_json, utf8_text
 
 HELP = "answer a question about a video (file or image directory) with exported engines"
 
@@ -60,7 +60,8 @@ def run(args) -> int:
 
     existing_path(args.engines, "engines directory")
     existing_path(args.video, "video")
-    options = parse_options(args.options) if args.options is not None else None
+    utf8_text(args.question, "question")
+    options = parse_options(utf8_text(args.options, "--options value")) if args.options is not None else None
     gen = generation_spec(args)
     pipe = Pipeline(args.engines, provider=args.provider)
     result = pipe.ask(args.video, args.question, options, gen, on_token=None if args.json else StreamPrinter())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ._common import add_json_flag, print_json
+from ._common import add_json_flag, print_json, utf8_text
 from .ask import StreamPrinter, add_generation_arguments, generation_spec
 
 HELP = "tiny model end to end: engines (cached), a synthetic clip, a streamed answer, timings, parity verdict"
@@ -64,7 +64,8 @@ def run(args) -> int:
 
     check_provider(args.provider)
     gen = generation_spec(args)
-    options = parse_options(args.options) if args.options is not None else None
+    utf8_text(args.question, "question")
+    options = parse_options(utf8_text(args.options, "--options value")) if args.options is not None else None
     say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     say(f"engines: preparing tiny-{args.llm} {args.precision} (cached after the first run) ...")
     engines = cached_engines(args.llm, args.precision, device_of(args.provider))

@@ -26,6 +26,12 @@ def add_arguments(p) -> None:
     p.add_argument("--slow-frames", type=int, default=d.slow_frames, help=f"slow pathway frames S (default: {d.slow_frames})")
     p.add_argument("--fast-grid", type=int, default=d.fast_grid, help=f"fast pathway grid G (default: {d.fast_grid})")
     p.add_argument("--slow-mode", choices=SLOW_MODES, default=d.slow_mode, help=f"slow pooling (default: {d.slow_mode})")
+    p.add_argument("--max-context", type=int, default=None, metavar="N",
+                   help="positions the LLM's KV cache and attention buffers are allocated for (default: 4096, "
+                        "SPEC 1's context, or the checkpoint's max_position_embeddings if smaller; never above it)")
+    p.add_argument("--allow-tokenizer-mismatch", action="store_true",
+                   help="export even where tokenizer.json gives other ids than the checkpoint's own tokenizer "
+                        "(every difference is recorded in the manifest)")
     p.add_argument("--no-validate", dest="validate", action="store_false", help="skip the parity checks against PyTorch")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists (only once the new export validated)")
     add_json_flag(p)
@@ -49,18 +55,24 @@ def run(args) -> int:
     try:
         manifest = export_model(model, args.out, precision=args.precision, device=args.device,
                                 max_frames=args.max_frames, slowfast=slowfast, validate=args.validate,
-                                force=args.force, progress=True)
+                                force=args.force, progress=True, max_context=args.max_context,
+                                allow_tokenizer_mismatch=args.allow_tokenizer_mismatch)
     except ValidationError as e:
         if args.json:
             print_json({"ok": False, "error": str(e), "validation": getattr(e, "report", None)})
         raise
     if args.json:
         print_json({"ok": True, "out": args.out, "precision": manifest["precision"],
+                    "max_context": manifest["context"]["max_context"],
+                    "tokenizer_guard": {k: manifest["tokenizer_guard"][k] for k in ("passed", "allowed_mismatches")},
                     "export_seconds": manifest["export_seconds"], "validation": manifest["validation"]})
     else:
         v = manifest["validation"]
         status = "not validated" if v is None else "validated: " + ", ".join(
             f"{k} rel {v[k]['rel']:.2e} cos {v[k]['cosine']:.4f}" for k in ("vision", "slowfast", "llm", "chain"))
-        print(f"exported {args.preset or args.model} -> {args.out} ({manifest['precision']}, {manifest['device']}) in "
-              f"{manifest['export_seconds']:.1f} s; {status}")
+        print(f"exported {args.preset or args.model} -> {args.out} ({manifest['precision']}, {manifest['device']}, "
+              f"context {manifest['context']['max_context']}) in {manifest['export_seconds']:.1f} s; {status}")
+        if n := manifest["tokenizer_guard"]["allowed_mismatches"]:
+            print(f"warning: {n} tokenizer canary chunk(s) differ from the checkpoint's tokenizer "
+                  f"(--allow-tokenizer-mismatch; listed in the manifest's tokenizer_guard)")
     return 0

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import add_json_flag, existing_path, print_json
+from ._common import add_json_flag, existing_path, print_json, utf8_text
 
 HELP = "compare exported engines with the PyTorch reference on a synthetic clip (per-stage errors, token parity)"
 NEAR_TIE = 1e-3
@@ -155,7 +155,8 @@ def run(args) -> int:
     load_manifest(args.engines, trust_stamps=False)  # an integrity check re-hashes every file
     pipe = Pipeline(args.engines, provider=args.provider)
     reference = SlowFastLlava.from_pretrained(args.model, spec=pipe.spec, lazy_upcast=True)
-    options = parse_options(args.options) if args.options is not None else None
+    utf8_text(args.question, "question")
+    options = parse_options(utf8_text(args.options, "--options value")) if args.options is not None else None
     with tempfile.TemporaryDirectory() as tmp:
         video = existing_path(args.video, "video") if args.video else make_clip(Path(tmp) / "clip.mp4", 60, seed=0)
         report = compare(pipe, reference, video, args.question, options, args.max_new_tokens)

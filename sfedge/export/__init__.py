@@ -11,6 +11,10 @@ OUT holds:
     tokenizer/                the checkpoint's tokenizer files
     manifest.json             the contract (sfedge/manifest.py), incl. the validation report
 
+First the tokenizer guard (tokenizer_guard.py): the runtime's tokenizer.json against the
+checkpoint's own SentencePiece tokenizer on the prompt chunks; a difference fails the export in
+seconds. The decoder is built for `max_context` positions (sfedge/context.py).
+
 Order keeps peak RAM near one model: the text checkpoint is streamed shard by shard, the builder
 runs in a subprocess while this process holds no weights, and only then is the PyTorch reference
 loaded (vision / slowfast export, then every expected output for validation); it is freed before
@@ -18,7 +22,8 @@ the ONNX sessions that validation runs are made. The reference computes in fp32 
 LLM's weights in the checkpoint's dtype (`lazy_upcast`, bit-identical results), so it holds about
 the checkpoint's size, not twice it. Everything is built in `OUT.partial-*` beside
 OUT and renamed to OUT only after validation passed; on any failure the partial directory is
-removed, and with --force an existing OUT is replaced only then.
+removed, and with --force an existing OUT is replaced only then. Scratch names carry the process
+id: a killed export's leftovers are removed by the next export into the same parent (leftovers.py).
 """
 
 from __future__ import annotations
@@ -27,16 +32,17 @@ import datetime
 import gc
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from ..errors import SfedgeError
+from ..errors import SfedgeError, ValidationError
 from ..spec import PipelineSpec, SamplingSpec, SlowFastSpec
 
 PRECISIONS = ("fp32", "fp16", "int4")
 DEVICES = ("cpu", "cuda")
-STAGES = ("text model", "LLM builder", "reference", "vision", "slowfast", "manifest", "reference outputs",
+STAGES = ("tokenizer guard", "text model", "LLM builder", "reference", "vision", "slowfast", "manifest", "reference outputs",
           "validate vision", "validate slowfast", "validate llm", "validate chain")
 
 
@@ -47,11 +53,17 @@ def vision_precision(precision: str, device: str) -> str:
 
 def export_model(model: str | Path, out: str | Path, precision: str = "fp32", device: str = "cpu",
                  max_frames: int = 64, slowfast: SlowFastSpec = SlowFastSpec(), validate: bool = True,
-                 force: bool = False, progress: bool = True) -> dict:
+                 force: bool = False, progress: bool = True, max_context: int | None = None,
+                 allow_tokenizer_mismatch: bool = False) -> dict:
     """Export `model` ("tiny" or a checkpoint dir) to `out`; return the manifest as written
-    (incl. "validation", None with validate=False). Raises SfedgeError on bad input (exit 2),
-    ValidationError when a graph disagrees with PyTorch beyond its tolerance (exit 1)."""
+    (incl. "validation", None with validate=False). `max_context`: positions the decoder's KV cache
+    and attention buffers hold (default min(4096, the checkpoint's max_position_embeddings)).
+    Raises SfedgeError on bad input (exit 2), ValidationError when a graph disagrees with PyTorch
+    beyond its tolerance or the runtime's tokenizer disagrees with the checkpoint's (exit 1; the
+    latter unless `allow_tokenizer_mismatch`, which records the differences in the manifest)."""
     from ..models.tiny import resolve_model
+    from .leftovers import remove_stale, scratch_prefix
+    from .llm import text_context
 
     if precision not in PRECISIONS:
         raise SfedgeError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -63,10 +75,14 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32", de
     out = Path(out)
     if out.exists() and not force:
         raise SfedgeError(f"{out} exists (use --force to replace it)")
+    context = text_context(ckpt, max_context)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f"{out.name}.partial-", dir=out.parent))
+    for path, pid in remove_stale(out.parent):
+        print(f"removed {path} (left by export process {pid}, which is gone)", file=sys.stderr)
+    partial = Path(tempfile.mkdtemp(prefix=scratch_prefix(f"{out.name}.partial"), dir=out.parent))
     try:
-        manifest = _build(str(model), ckpt, partial, precision, device, max_frames, slowfast, validate, progress)
+        manifest = _build(str(model), ckpt, partial, precision, device, max_frames, slowfast, validate, progress,
+                          context, allow_tokenizer_mismatch)
         _default_permissions(partial)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
@@ -78,88 +94,127 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32", de
 
 
 def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_frames: int,
-           slowfast: SlowFastSpec, validate: bool, progress: bool) -> dict:
+           slowfast: SlowFastSpec, validate: bool, progress: bool, context: dict,
+           allow_tokenizer_mismatch: bool) -> dict:
     import numpy as np
     import torch
 
     from .. import __version__
+    from ..context import kv_cache_bytes
     from ..manifest import write_manifest
+    from ..prompts import detect_family
     from ..reference.model import SlowFastLlava
+    from ..runtime.tokenizer import TextTokenizer
     from . import llm as llm_mod
+    from .leftovers import scratch_prefix
     from .manifest_build import component_entry, model_block, read_manifest, source_identity, versions
     from .slowfast import export_slowfast
     from .step import export_step
+    from .tokenizer_guard import guard
     from .validate import compare, reference_cases
     from .vision import export_vision
 
     started = time.perf_counter()
-    bar = _Stages(STAGES if validate else STAGES[:6], progress)
-    bar.step("text model")
-    emb_dtype = llm_mod.io_dtype(precision, device)
-    with tempfile.TemporaryDirectory(prefix=".sfedge-text-", dir=root.parent) as scratch:
-        scratch = Path(scratch)
-        llm_mod.save_text_checkpoint(ckpt, scratch / "text", root / "embeddings.npy", emb_dtype)
-        bar.step("LLM builder")
-        llm_mod.run_builder(scratch / "text", root / "llm", precision, device, scratch / "builder.log")
-    llm_mod.logits_for_last_position(root / "llm")
-    llm = llm_mod.describe_llm(root / "llm", "llm", precision, device)
-    tokenizer_files = llm_mod.copy_tokenizer(ckpt, root / "tokenizer")
-    logits_dtype = next(io["dtype"] for io in llm["outputs"] if io["name"] == "logits")
-    step = export_step(root, logits_dtype, emb_dtype)
+    bar = _Stages(STAGES if validate else STAGES[:7], progress)
+    try:
+        bar.step("tokenizer guard")  # first: a tokenizer that disagrees fails the export in seconds
+        tokenizer_files = llm_mod.copy_tokenizer(ckpt, root / "tokenizer")
+        family = detect_family(TextTokenizer(root / "tokenizer").vocab())
+        tokenizer_guard = guard(ckpt, root / "tokenizer", family, allow_tokenizer_mismatch)
+        if validate:
+            _check_chain_fits(root / "tokenizer", family, slowfast, min(SamplingSpec().num_frames, max_frames),
+                              context["max_context"])
+        bar.step("text model")
+        emb_dtype = llm_mod.io_dtype(precision, device)
+        with tempfile.TemporaryDirectory(prefix=scratch_prefix(".sfedge-text"), dir=root.parent) as scratch:
+            scratch = Path(scratch)
+            llm_mod.save_text_checkpoint(ckpt, scratch / "text", root / "embeddings.npy", emb_dtype, context=context)
+            bar.step("LLM builder")
+            llm_mod.run_builder(scratch / "text", root / "llm", precision, device, scratch / "builder.log")
+        llm_mod.logits_for_last_position(root / "llm")
+        llm = llm_mod.describe_llm(root / "llm", "llm", precision, device)
+        if llm["kv_cache"]["max_length"] != context["max_context"]:
+            raise ValidationError(f"the builder made a decoder for {llm['kv_cache']['max_length']} positions, "
+                                  f"not the requested {context['max_context']}")
+        logits_dtype = next(io["dtype"] for io in llm["outputs"] if io["name"] == "logits")
+        step = export_step(root, logits_dtype, emb_dtype)
 
-    bar.step("reference")
-    ref_device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
-    pipeline = PipelineSpec(sampling=SamplingSpec(min(SamplingSpec().num_frames, max_frames)), slowfast=slowfast)
-    ref = SlowFastLlava.from_pretrained(ckpt, torch.float32, ref_device, pipeline, lazy_upcast=True)
-    vprec = vision_precision(precision, device)
-    vdtype = torch.float16 if vprec == "fp16" else torch.float32
-    bar.step("vision")
-    vision_parts = (ref.model.model.vision_tower, ref.model.model.multi_modal_projector)
-    for part in vision_parts:  # torch.onnx traces on the CPU; the LLM stays where it is
-        part.cpu()
-    _, vspec = export_vision(ref.model, max_frames, root, vdtype)
-    for part in vision_parts:
-        part.to(ref_device)
-    del vision_parts, part  # no reference may outlive `ref` (freed before validation's sessions)
-    bar.step("slowfast")
-    hidden = ref.model.config.text_config.hidden_size
-    _, sspec = export_slowfast(slowfast, hidden, max_frames, root, vdtype)
+        bar.step("reference")
+        ref_device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
+        pipeline = PipelineSpec(sampling=SamplingSpec(min(SamplingSpec().num_frames, max_frames)), slowfast=slowfast)
+        ref = SlowFastLlava.from_pretrained(ckpt, torch.float32, ref_device, pipeline, lazy_upcast=True)
+        vprec = vision_precision(precision, device)
+        vdtype = torch.float16 if vprec == "fp16" else torch.float32
+        bar.step("vision")
+        vision_parts = (ref.model.model.vision_tower, ref.model.model.multi_modal_projector)
+        for part in vision_parts:  # torch.onnx traces on the CPU; the LLM stays where it is
+            part.cpu()
+        _, vspec = export_vision(ref.model, max_frames, root, vdtype)
+        for part in vision_parts:
+            part.to(ref_device)
+        del vision_parts, part  # no reference may outlive `ref` (freed before validation's sessions)
+        bar.step("slowfast")
+        hidden = ref.model.config.text_config.hidden_size
+        _, sspec = export_slowfast(slowfast, hidden, max_frames, root, vdtype)
 
-    bar.step("manifest")
-    table_shape = np.load(root / "embeddings.npy", mmap_mode="r").shape
-    manifest = {
-        "sfedge_version": __version__,
-        "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "precision": precision,
-        "device": device,
-        "quantization": llm_mod.quantization(precision, device),
-        "pipeline": pipeline.to_dict(),
-        "slowfast_name": slowfast.name(),
-        "prompt_family": ref.prompt_family,
-        "model": model_block(ref, llm, table_shape, max_frames),
-        "components": {
-            "vision": component_entry(root, vspec, vprec),
-            "slowfast": component_entry(root, sspec, vprec),
-            "llm": llm,
-            "embeddings": {"path": "embeddings.npy", "dtype": emb_dtype, "shape": list(table_shape)},
-            "tokenizer": {"path": "tokenizer", "files": sorted(tokenizer_files)},
-            "greedy_step": step,
-        },
-        "source": source_identity(name, ckpt),
-        "versions": versions(),
-        "validation": None,
-    }
-    if validate:
-        bar.step("reference outputs")
-        cases = reference_cases(ref, max_frames)
-    del ref  # the PyTorch model is gone before any ONNX session is made: peak RAM is one model
-    _release_memory()
-    if validate:
-        manifest["validation"] = compare(root, manifest, cases, device, on_step=lambda n: bar.step(f"validate {n}"))
-    manifest["export_seconds"] = round(time.perf_counter() - started, 2)
-    write_manifest(root, manifest)
-    bar.close()
-    return read_manifest(root)
+        bar.step("manifest")
+        table_shape = np.load(root / "embeddings.npy", mmap_mode="r").shape
+        manifest = {
+            "sfedge_version": __version__,
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "precision": precision,
+            "device": device,
+            "quantization": llm_mod.quantization(precision, device),
+            "pipeline": pipeline.to_dict(),
+            "slowfast_name": slowfast.name(),
+            "prompt_family": ref.prompt_family,
+            "model": model_block(ref, llm, table_shape, max_frames),
+            "context": dict(context, kv_cache=kv_cache_bytes(llm["kv_cache"]["num_layers"], llm["kv_cache"]["num_kv_heads"],
+                                                             llm["kv_cache"]["head_dim"], llm["kv_cache"]["max_length"],
+                                                             llm["kv_cache"]["dtype"])),
+            "tokenizer_guard": tokenizer_guard,
+            "components": {
+                "vision": component_entry(root, vspec, vprec),
+                "slowfast": component_entry(root, sspec, vprec),
+                "llm": llm,
+                "embeddings": {"path": "embeddings.npy", "dtype": emb_dtype, "shape": list(table_shape)},
+                "tokenizer": {"path": "tokenizer", "files": sorted(tokenizer_files)},
+                "greedy_step": step,
+            },
+            "source": source_identity(name, ckpt),
+            "versions": versions(),
+            "validation": None,
+        }
+        if validate:
+            bar.step("reference outputs")
+            cases = reference_cases(ref, max_frames)
+        del ref  # the PyTorch model is gone before any ONNX session is made: peak RAM is one model
+        _release_memory()
+        if validate:
+            manifest["validation"] = compare(root, manifest, cases, device, on_step=lambda n: bar.step(f"validate {n}"))
+        manifest["export_seconds"] = round(time.perf_counter() - started, 2)
+        write_manifest(root, manifest)
+        bar.close()
+        return read_manifest(root)
+    except BaseException:
+        bar.abort()  # the error message starts on its own line
+        raise
+
+
+def _check_chain_fits(tokenizer_dir: Path, family: str, slowfast: SlowFastSpec, frames: int, context: int) -> None:
+    """Validation's chain runs the whole prompt (text + visual tokens of `frames` frames): refuse a
+    --max-context it cannot fit, before anything is built (exit 2)."""
+    from ..prompts import build_prompt, tokenize_prompt
+    from ..runtime.tokenizer import TextTokenizer
+    from .validate import CHAIN_QUESTION
+
+    tok = TextTokenizer(tokenizer_dir)
+    bos = (tok.encode("") or [None])[0]  # the BOS the tokenizer adds, if any (kept on the first chunk only)
+    ids = tokenize_prompt(build_prompt(CHAIN_QUESTION, None, family), tok.encode, bos, -1)
+    need = len(ids) - 1 + slowfast.num_tokens(frames)
+    if need >= context:
+        raise SfedgeError(f"--max-context {context} cannot hold the validation prompt ({need} tokens: {frames} frames "
+                          f"+ text); raise it, lower --max-frames, or use --no-validate")
 
 
 def _release_memory() -> None:
@@ -201,4 +256,7 @@ class _Stages:
 
     def close(self) -> None:
         self.bar.update(1)
+        self.bar.close()
+
+    def abort(self) -> None:
         self.bar.close()

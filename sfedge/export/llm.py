@@ -91,10 +91,30 @@ def _text_key(key: str) -> str | None:
     return None
 
 
+def text_context(ckpt: Path, max_context: int | None) -> dict:
+    """The manifest's `context` block: the context the decoder is built for (`max_context`, default
+    min(4096, max_position_embeddings)), the checkpoint's own, and the RoPE parameters the builder
+    gets (`sfedge.context.rope_for_context`). SfedgeError for a context outside 1 .. the checkpoint's."""
+    from transformers import AutoConfig
+
+    from ..context import resolve_max_context, rope_for_context
+
+    text = AutoConfig.from_pretrained(ckpt).text_config.to_dict()
+    own = int(text["max_position_embeddings"])
+    context = resolve_max_context(max_context, own)
+    rope = text.get("rope_parameters") or text.get("rope_scaling")
+    builder_rope, why = rope_for_context(rope, own, context)
+    return {"max_context": context, "checkpoint_max_position_embeddings": own,
+            "rope": {"checkpoint": rope, "builder": builder_rope, "why": why}}
+
+
 def save_text_checkpoint(ckpt: Path, dst: Path, embeddings_path: Path, embeddings_dtype: str,
-                         progress=None) -> dict:
+                         progress=None, context: dict | None = None) -> dict:
     """Write the text model of a LLaVA-NeXT checkpoint as an HF causal-LM checkpoint in dst, and its
-    token-embedding table [V, D] as embeddings_path (.npy, `embeddings_dtype`). Returns the text config."""
+    token-embedding table [V, D] as embeddings_path (.npy, `embeddings_dtype`). Returns the text config.
+    `context` (`text_context`): its max_context becomes the config's max_position_embeddings (the
+    builder sizes the KV cache and the rotary caches by it) and its builder RoPE replaces the
+    checkpoint's."""
     import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -106,6 +126,11 @@ def save_text_checkpoint(ckpt: Path, dst: Path, embeddings_path: Path, embedding
     dst.mkdir(parents=True, exist_ok=True)
     config = text.to_dict()
     config["architectures"] = [ARCHITECTURES[text.model_type]]
+    if context is not None:
+        config["max_position_embeddings"] = context["max_context"]
+        config.pop("rope_scaling", None)
+        if context["rope"]["builder"] is not None:
+            config["rope_parameters"] = context["rope"]["builder"]
     (dst / "config.json").write_text(json.dumps(config, indent=2))
     weight_map: dict[str, str] = {}
     for shard in weight_files(ckpt):
@@ -130,8 +155,9 @@ def save_text_checkpoint(ckpt: Path, dst: Path, embeddings_path: Path, embedding
 
 
 def copy_tokenizer(ckpt: Path, dst: Path) -> list[str]:
-    """Copy the tokenizer files that exist; a checkpoint without tokenizer.json gets one written by
-    transformers' fast tokenizer (the runtime reads tokenizer.json with `tokenizers`)."""
+    """Copy the tokenizer files that exist; a checkpoint without tokenizer.json gets one converted
+    from its tokenizer.model as transformers 4.x did (`spm_convert`), else written by transformers'
+    tokenizer (the runtime reads tokenizer.json with `tokenizers`; the guard checks either)."""
     dst.mkdir(parents=True, exist_ok=True)
     copied = []
     for name in TOKENIZER_FILES:
@@ -139,9 +165,14 @@ def copy_tokenizer(ckpt: Path, dst: Path) -> list[str]:
             shutil.copy2(ckpt / name, dst / name)
             copied.append(name)
     if "tokenizer.json" not in copied:
-        from transformers import AutoTokenizer
+        if "tokenizer.model" in copied:
+            from .spm_convert import convert
 
-        AutoTokenizer.from_pretrained(ckpt).save_pretrained(dst)
+            convert(ckpt, dst)
+        else:
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(ckpt).save_pretrained(dst)
         copied = sorted(p.name for p in dst.iterdir())
     return copied
 

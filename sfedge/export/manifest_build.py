@@ -15,7 +15,9 @@ from .llm import weight_files
 from .registry import ComponentSpec
 
 _PACKAGES = {"torch": "torch", "transformers": "transformers", "onnx": "onnx", "onnxruntime": "onnxruntime",
-             "onnxruntime_genai": "onnxruntime-genai", "safetensors": "safetensors"}
+             "onnxruntime_gpu": "onnxruntime-gpu", "onnxruntime_genai": "onnxruntime-genai",
+             "safetensors": "safetensors", "tokenizers": "tokenizers", "sentencepiece": "sentencepiece",
+             "onnxscript": "onnxscript", "numpy": "numpy"}
 
 
 def versions() -> dict:

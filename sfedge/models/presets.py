@@ -73,9 +73,11 @@ def _tokenizer(family: str):
     return tok
 
 
-def preset_config(name: str, special_ids: dict[str, int] | None = None):
+def preset_config(name: str, special_ids: dict[str, int] | None = None, text_overrides: dict | None = None):
     """The `LlavaNextConfig` of a preset. `special_ids` maps <s>, </s>, <pad>, <image> to the
-    tokenizer's ids (defaults: the tiny tokenizer's 1, 2, 4, 3)."""
+    tokenizer's ids (defaults: the tiny tokenizer's 1, 2, 4, 3). `text_overrides` replaces text-model
+    settings, e.g. {"num_hidden_layers": 8}: the full-width geometry at a truncated depth, so that
+    the engines and the PyTorch reference of that checkpoint agree."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig
 
     if name not in PRESETS:
@@ -84,7 +86,7 @@ def preset_config(name: str, special_ids: dict[str, int] | None = None):
     ids = special_ids or {"<s>": 1, "</s>": 2, IMAGE_TOKEN: 3, "<pad>": 4}
     special = dict(bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"])
     vision = CLIPVisionConfig(image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, hidden_act="quick_gelu", **vision_kw)
-    text_kw = {"tie_word_embeddings": False, **text_kw}
+    text_kw = {"tie_word_embeddings": False, **text_kw, **(text_overrides or {})}
     text = LlamaConfig(max_position_embeddings=4096, **special, **text_kw)
     return LlavaNextConfig(
         vision_config=vision, text_config=text, image_token_index=ids[IMAGE_TOKEN],
@@ -175,7 +177,8 @@ def _write_shards(model, out: Path, seed: int, log: Callable[[str], None], devic
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
-def make_preset(name: str, out_dir: str | Path, seed: int = 0, progress: bool = True, device: str = "cpu") -> Path:
+def make_preset(name: str, out_dir: str | Path, seed: int = 0, progress: bool = True, device: str = "cpu",
+                text_overrides: dict | None = None) -> Path:
     """Write preset `name` as a llava-hf checkpoint (config.json, sharded fp16 safetensors + index,
     tokenizer files) into `out_dir`; return the path. Same seed and device -> same weights.
     `device="cuda"` draws the weights with the GPU's generator (other values than the CPU's; the
@@ -190,7 +193,7 @@ def make_preset(name: str, out_dir: str | Path, seed: int = 0, progress: bool = 
     out.mkdir(parents=True, exist_ok=True)
 
     tok = _tokenizer(family)
-    config = preset_config(name, {t: tok.token_to_id(t) for t in SPECIAL_TOKENS})
+    config = preset_config(name, {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}, text_overrides)
     model = meta_model(config)
     counts = param_counts(config)
     log(f"preset {name}: vision {counts['vision'] / 1e9:.3f}B, projector {counts['projector'] / 1e9:.3f}B, "
@@ -200,7 +203,8 @@ def make_preset(name: str, out_dir: str | Path, seed: int = 0, progress: bool = 
     model.generation_config.save_pretrained(out)
 
     save_tokenizer(tok, out)
-    (out / "sfedge_preset.json").write_text(json.dumps({"preset": name, "seed": seed, "device": device}, indent=2) + "\n")
+    (out / "sfedge_preset.json").write_text(json.dumps({"preset": name, "seed": seed, "device": device,
+                                                               "text_overrides": text_overrides or {}}, indent=2) + "\n")
     return out
 
 

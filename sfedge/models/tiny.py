@@ -106,7 +106,7 @@ def train_tokenizer():
     return tok
 
 
-def _config(vocab_size: int, special_ids: dict[str, int], llm: str):
+def _config(vocab_size: int, special_ids: dict[str, int], llm: str, max_position_embeddings: int = 4096):
     """LlavaNextConfig: CLIP geometry of ViT-L/14-336 at tiny width, GQA text model."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig, MistralConfig
 
@@ -116,7 +116,7 @@ def _config(vocab_size: int, special_ids: dict[str, int], llm: str):
     )
     text_kwargs = dict(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=max_position_embeddings,
         rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
         bos_token_id=special_ids["<s>"], eos_token_id=special_ids["</s>"], pad_token_id=special_ids["<pad>"],
     )
@@ -162,9 +162,6 @@ def _init_weights(model, seed: int, eos_id: int) -> None:
 def make_tiny(out_dir: str | Path, seed: int = 0, llm: str = "llama") -> Path:
     """Write a tiny random LLaVA-NeXT checkpoint (config.json, model.safetensors, tokenizer files)
     to `out_dir` and return its path. Same seed -> same bytes."""
-    import torch
-    from transformers import LlavaNextForConditionalGeneration
-
     if llm not in LLMS:
         raise SfedgeError(f"--llm must be one of {', '.join(LLMS)}, got {llm!r}")
     out = Path(out_dir)
@@ -172,16 +169,23 @@ def make_tiny(out_dir: str | Path, seed: int = 0, llm: str = "llama") -> Path:
 
     tok = train_tokenizer()
     special_ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
-    config = _config(tok.get_vocab_size(), special_ids, llm)
+    write_random_model(out, _config(tok.get_vocab_size(), special_ids, llm), seed, special_ids)
+    save_tokenizer(tok, out)
+    (out / "sfedge_tiny.json").write_text(json.dumps({"seed": seed, "llm": llm}, indent=2) + "\n")
+    return out
+
+
+def write_random_model(out: Path, config, seed: int, special_ids: dict[str, int]) -> None:
+    """The seeded random LLaVA-NeXT model for `config`, saved (safetensors) with its generation config."""
+    import torch
+    from transformers import LlavaNextForConditionalGeneration
+
     torch.manual_seed(seed)
     model = LlavaNextForConditionalGeneration(config).eval()
     _init_weights(model, seed, special_ids["</s>"])
     model.generation_config.eos_token_id = special_ids["</s>"]
     model.generation_config.pad_token_id = special_ids["<pad>"]
     model.save_pretrained(out)
-    save_tokenizer(tok, out)
-    (out / "sfedge_tiny.json").write_text(json.dumps({"seed": seed, "llm": llm}, indent=2) + "\n")
-    return out
 
 
 def save_tokenizer(tok, out: Path) -> None:

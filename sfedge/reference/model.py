@@ -22,6 +22,7 @@ import torch
 from ..models.tiny import resolve_model
 from ..prompts import build_prompt, detect_family, parse_choice, tokenize_prompt
 from ..spec import VISION_FEATURE_LAYER, GenerationSpec, PipelineSpec
+from .slow_tokenizer import SlowSentencePiece
 from .slowfast import SlowFastPool
 
 
@@ -41,9 +42,13 @@ class ReferenceAnswer:
 class SlowFastLlava:
     """A LLaVA-NeXT checkpoint driven the SlowFast-LLaVA way (training-free video QA)."""
 
-    def __init__(self, model, tokenizer, spec: PipelineSpec = PipelineSpec()):
+    def __init__(self, model, tokenizer, spec: PipelineSpec = PipelineSpec(),
+                 encode: Callable[[str], list[int]] | None = None):
+        """`encode`: text -> ids as LLaVA's tokenizer gives them (`from_pretrained` passes the slow
+        SentencePiece tokenizer where the checkpoint has tokenizer.model); None: `tokenizer(text)`."""
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.encode = encode or (lambda text: list(tokenizer(text).input_ids))
         self.spec = spec
         self.prompt_family = detect_family(tokenizer.get_vocab())
         self.image_token_id = int(model.config.image_token_id)
@@ -80,7 +85,8 @@ class SlowFastLlava:
             model.to(device=device)
         else:
             model.to(device=device, dtype=dtype)
-        return cls(model, AutoTokenizer.from_pretrained(path), spec)
+        slow = SlowSentencePiece(path) if (path / "tokenizer.model").is_file() else None
+        return cls(model, AutoTokenizer.from_pretrained(path), spec, slow.encode if slow else None)
 
     @property
     def device(self) -> torch.device:
@@ -118,10 +124,10 @@ class SlowFastLlava:
     # --- prompt -------------------------------------------------------------------------------
 
     def prompt_ids(self, question: str, options: Sequence[str] | None = None) -> list[int]:
-        """The SPEC 5 prompt, tokenised piecewise around `<image>` (one image token marks the spot)."""
+        """The SPEC 5 prompt, tokenised piecewise around `<image>` (one image token marks the spot),
+        with LLaVA's tokenizer (the slow SentencePiece one where the checkpoint has tokenizer.model)."""
         prompt = build_prompt(question, options, self.prompt_family)
-        return tokenize_prompt(prompt, lambda text: self.tokenizer(text).input_ids,
-                               self.tokenizer.bos_token_id, self.image_token_id)
+        return tokenize_prompt(prompt, self.encode, self.tokenizer.bos_token_id, self.image_token_id)
 
     @torch.no_grad()
     def inputs_embeds(self, ids: Sequence[int], visual_tokens: torch.Tensor) -> torch.Tensor:
@@ -154,7 +160,8 @@ class SlowFastLlava:
         generator = None
         if not gen.greedy and gen.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(gen.seed)
-        out = lm(inputs_embeds=inputs_embeds, use_cache=True)
+        cache = new_cache(lm)  # one DynamicCache, updated in place by every call
+        out = lm(inputs_embeds=inputs_embeds, use_cache=True, **cache)
         ids: list[int] = []
         while len(ids) < gen.max_new_tokens:
             logits = self.model.lm_head(out.last_hidden_state[0, -1]).float()
@@ -167,7 +174,7 @@ class SlowFastLlava:
             if len(ids) == gen.max_new_tokens:
                 break
             step = self._embed([token]).unsqueeze(0)
-            out = lm(inputs_embeds=step, past_key_values=out.past_key_values, use_cache=True)
+            out = lm(inputs_embeds=step, use_cache=True, **cache)
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -198,6 +205,19 @@ class SlowFastLlava:
         """[len(ids), D] token embeddings."""
         table = self.model.model.language_model.get_input_embeddings()
         return table(torch.tensor(list(ids), dtype=torch.long, device=self.device))
+
+
+def new_cache(lm) -> dict:
+    """{argument name: a new DynamicCache} for `lm`'s forward. transformers' current API names the
+    KV-cache argument `cache` (5.24 deprecates `past_key_values`, to be removed in 5.40); the 5.x
+    releases before the rename call it `past_key_values`. The cache object is mutated in place by
+    each call, so the caller never reads it back from the outputs (whose field was renamed too)."""
+    import inspect
+
+    from transformers import DynamicCache
+
+    name = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+    return {name: DynamicCache(config=lm.config)}
 
 
 class _Upcast(torch.nn.Module):

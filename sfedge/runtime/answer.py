@@ -25,7 +25,7 @@ from .generate import Decoder, generate
 from .prefix_cache import PrefixCache
 from .tokenizer import TextTokenizer
 
-STOP_REASONS = ("eos", "max_new_tokens", "length", "stop")
+STOP_REASONS = ("eos", "max_new_tokens", "length", "stop", "cancelled")
 
 
 @dataclass
@@ -96,11 +96,13 @@ class Answerer:
 
     def stream(self, visual: Visual, question: str, options: Sequence[str] | None = None,
                gen: GenerationSpec = GenerationSpec(), *, stop: Sequence[str] = (), record_logits: bool = False,
-               t0: float | None = None) -> Generator[str, None, Answer]:
+               t0: float | None = None, cancelled: Callable[[], bool] | None = None) -> Generator[str, None, Answer]:
         """Yield the answer's text pieces as tokens are made; the generator's return value (what
         `yield from` gives) is the Answer. `stop`: strings that end the answer where they first
         appear (not included; stop_reason "stop"), also when they span several pieces. `t0`: the
-        perf_counter time the caller's request began (ttft and total count from there)."""
+        perf_counter time the caller's request began (ttft and total count from there). `cancelled`:
+        asked after every token (also one that completes no text yet); True ends the answer there
+        (stop_reason "cancelled"): a server whose client went away stops within one token."""
         t0 = time.perf_counter() if t0 is None else t0
         ids = self.prompt_ids(question, options)
         pos = self._image_position(ids)
@@ -131,7 +133,7 @@ class Answerer:
         t_prefill = time.perf_counter()
         t_first = None
         paused = 0.0  # seconds the consumer held control between pieces
-        stopped = False
+        stopped = halted = False
         for token in generate(dec, embeds, gen, self.eos, prefill_chunk=self.prefill_chunk, start=start,
                               items=items[start:], on_first_logits=logits.append if record_logits else None):
             t_first = t_first or time.perf_counter()
@@ -144,8 +146,11 @@ class Answerer:
                 paused += time.perf_counter() - t_yield
             if stopped:
                 break
+            if cancelled is not None and cancelled():
+                halted = True
+                break
         end = time.perf_counter() - paused
-        if not stopped:
+        if not (stopped or halted):
             tail, stopped = stops.push(detok.flush())
             tail += "" if stopped else stops.flush()
             if tail:
@@ -160,7 +165,7 @@ class Answerer:
             text=answer, token_ids=tokens, num_visual_tokens=n_visual, prompt_tokens=len(items),
             reused_prompt_tokens=start, timings_ms=timings,
             tokens_per_s=round(steps / (end - t_first), 3) if steps and end > t_first else 0.0,
-            stop_reason=("stop" if stopped else "max_new_tokens" if len(tokens) == gen.max_new_tokens else
+            stop_reason=("stop" if stopped else "cancelled" if halted else "max_new_tokens" if len(tokens) == gen.max_new_tokens else
                          "length" if dec.length >= dec.max_length else "eos"),
             choice=parse_choice(answer, len(options)) if options else None,
             first_logits=logits[0] if logits else None,

@@ -10,6 +10,12 @@ Providers: "cpu" (CPUExecutionProvider), "cuda" (CUDAExecutionProvider, onnxrunt
 cannot take, such as GroupQueryAttention). TensorRT options: fp16, an engine cache directory,
 and optimisation-profile shapes from the manifest's dynamic-axis ranges.
 
+CUDA sessions (`cuda_provider_options`, `session_options`): no TF32 (fp32 engines compute in
+IEEE fp32, which their tolerances assume; fp16 and int4 graphs do not use it anyway), cuDNN's
+heuristic convolution-algorithm choice instead of the default exhaustive search (which would
+benchmark every algorithm on the request path each time a new frame count reaches the vision
+graph's Conv), and one intra-op thread (the GPU does the work; more threads only spin).
+
 Before the first CUDA or TensorRT session the CUDA and cuDNN libraries are loaded once per process
 (`cuda_libraries.preload`), so that onnxruntime-gpu finds the ones that pip's nvidia-* packages (or
 torch) bring without LD_LIBRARY_PATH. The CPU path loads nothing.
@@ -89,15 +95,35 @@ def trt_profile_shapes(io: list[dict], opt: dict[str, int] | None = None) -> dic
     return {f"trt_profile_{k}_shapes": ",".join(v) for k, v in parts.items() if v}
 
 
+def cuda_provider_options(*, tf32: bool = False, device_id: int = 0) -> dict[str, str]:
+    """The CUDA execution provider's options (ONNX Runtime's names and string values): TF32 off
+    unless asked (`use_tf32`, on by default in ONNX Runtime), cuDNN's heuristic convolution
+    algorithm choice (`cudnn_conv_algo_search`; ONNX Runtime's default, EXHAUSTIVE, times every
+    algorithm at the first run of each new input shape)."""
+    return {"device_id": str(device_id), "use_tf32": "1" if tf32 else "0", "cudnn_conv_algo_search": "HEURISTIC"}
+
+
+def session_options(provider: str, *, threads: int = 0) -> ort.SessionOptions:
+    """SessionOptions with the intra-op thread count: `threads` if given, else one for the CUDA and
+    TensorRT providers (the device does the work; ORT's default, one per core, only spins), else
+    ORT's default."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads or provider != "cpu":
+        opts.intra_op_num_threads = threads or 1
+    return opts
+
+
 def session_providers(provider: str, *, io: list[dict] | None = None, fp16: bool = False,
-                      trt_cache_dir: str | Path | None = None, trt_opt: dict[str, int] | None = None) -> list:
+                      trt_cache_dir: str | Path | None = None, trt_opt: dict[str, int] | None = None,
+                      tf32: bool = False) -> list:
     """The providers list for ort.InferenceSession: the chosen EP first, then its fallbacks.
     TensorRT: fp16 kernels if `fp16`, engines and timing cache kept in `trt_cache_dir`, one
     optimisation profile from the IO entries' dynamic ranges (opt point from `trt_opt`)."""
     check_provider(provider)
     if provider == "cpu":
         return ["CPUExecutionProvider"]
-    cuda = ("CUDAExecutionProvider", {"device_id": 0})
+    cuda = ("CUDAExecutionProvider", cuda_provider_options(tf32=tf32))
     if provider == "cuda":
         return [cuda, "CPUExecutionProvider"]
     trt = {"device_id": 0, "trt_fp16_enable": fp16}
@@ -138,18 +164,17 @@ class OrtEngine(Engine):
     def __init__(self, path: str | Path, provider: str = "cpu", *, io: list[dict] | None = None,
                  fp16: bool = False, trt_cache_dir: str | Path | None = None,
                  trt_opt: dict[str, int] | None = None, threads: int = 0, mem_reuse: bool = True,
-                 spinning: bool | None = None):
+                 spinning: bool | None = None, tf32: bool = False):
         """`spinning`: let ORT's idle intra-op threads busy-wait between runs (ORT's default).
-        None: the SFEDGE_ORT_SPINNING environment variable ("0" = off; default on)."""
+        None: the SFEDGE_ORT_SPINNING environment variable ("0" = off; default on).
+        `threads`: intra-op threads (0: ORT's default on CPU, one on CUDA / TensorRT).
+        `tf32`: allow TF32 in the CUDA provider's fp32 matmuls and convolutions (default off)."""
         if spinning is None:
             spinning = os.environ.get("SFEDGE_ORT_SPINNING", "1") != "0"
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
+        opts = session_options(provider, threads=threads)
         # The builder's plain-attention (concat KV) graphs annotate some tensors with symbolic
         # dims that differ between prefill and decode; ORT's buffer reuse then fails on decode.
         opts.enable_mem_reuse = mem_reuse
-        if threads:
-            opts.intra_op_num_threads = threads
         if not spinning:
             # Idle intra-op workers then sleep instead of busy-waiting, which frees the cores for
             # host work after a run but costs a wake-up per op: on the 2-core CPU, int4 decode
@@ -157,7 +182,8 @@ class OrtEngine(Engine):
             # preprocessing gained nothing measurable (docs/BENCHMARKS.md, "thread spinning").
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        providers = session_providers(provider, io=io, fp16=fp16, trt_cache_dir=trt_cache_dir, trt_opt=trt_opt)
+        providers = session_providers(provider, io=io, fp16=fp16, trt_cache_dir=trt_cache_dir, trt_opt=trt_opt,
+                                      tf32=tf32)
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types

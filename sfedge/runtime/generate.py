@@ -30,7 +30,7 @@ import onnxruntime as ort
 
 from ..errors import SfedgeError
 from ..spec import GenerationSpec
-from .engines import OrtEngine, session_providers
+from .engines import OrtEngine, session_options, session_providers
 
 
 class Decoder:
@@ -59,8 +59,9 @@ class Decoder:
         self.logits = self._alloc([1, 1, vocab], engine.outputs["logits"].dtype)
         self.embeds = self._alloc([1, 1, hidden], self.dtype)
         self.device_table = self._upload(self.table)
-        step_providers = session_providers("cpu" if self.device == "cpu" else "cuda")
-        self.step = ort.InferenceSession(str(step_path), providers=step_providers)
+        step_provider = "cpu" if self.device == "cpu" else "cuda"
+        self.step = ort.InferenceSession(str(step_path), sess_options=session_options(step_provider),
+                                         providers=session_providers(step_provider))
         self.step_binding = self.step.io_binding()
         self.step_binding.bind_ortvalue_input("logits", self.logits)
         self.step_binding.bind_ortvalue_input("table", self.device_table)

@@ -32,7 +32,7 @@ from .answer import Answer, Answerer, Visual
 from .encoder import Encoder, frame_key
 from .engines import OrtEngine, check_provider
 from .generate import Decoder
-from .tokenizer import TextTokenizer
+from .tokenizer import TextTokenizer, check_canary
 from .trt_engine import TrtEngine, native_plan
 from .video import load_video
 
@@ -55,7 +55,7 @@ class AskResult:
     reused_prompt_tokens: int
     timings_ms: dict[str, float]
     tokens_per_s: float
-    stop_reason: str = "eos"  # "eos", "max_new_tokens", "length" (the engines' context is full) or "stop"
+    stop_reason: str = "eos"  # "eos", "max_new_tokens", "length" (context full), "stop" or "cancelled"
     choice: str | None = None
     options: list[str] | None = field(default=None, repr=False)
     first_logits: np.ndarray | None = field(default=None, repr=False)  # with record_logits only
@@ -109,7 +109,9 @@ class Pipeline:
                           num_kv_heads=model["num_kv_heads"], head_dim=model["head_dim"],
                           max_length=model["max_length"], shared=shared)
         eos = model.get("eos_token_ids", model.get("eos_token_id"))
-        self.answerer = Answerer(slowfast, decoder, TextTokenizer(root / comps["tokenizer"]["path"]),
+        tokenizer = TextTokenizer(root / comps["tokenizer"]["path"])
+        check_canary(tokenizer, self.manifest)  # the ids the export's tokenizer guard recorded
+        self.answerer = Answerer(slowfast, decoder, tokenizer,
                                  family=self.family, spec=self.spec.slowfast, bos=model.get("bos_token_id"),
                                  image_token_id=model["image_token_id"],
                                  eos=[eos] if isinstance(eos, int) else eos or [], prefill_chunk=prefill_chunk,
@@ -165,12 +167,13 @@ class Pipeline:
 
     def stream(self, video: str | Path, question: str, options: Sequence[str] | None = None,
                gen: GenerationSpec = GenerationSpec(), *, stop: Sequence[str] = (),
-               record_logits: bool = False) -> Generator[str, None, AskResult]:
+               record_logits: bool = False, cancelled=None) -> Generator[str, None, AskResult]:
         """Yield the answer's text pieces as the tokens are generated; when the iterator is
         exhausted, `self.last_result` holds the AskResult (also the generator's return value).
         Timings: `prefill` is the prompt through the LLM up to the first token, `decode` the tokens
         after it (tokens_per_s counts those); the time the caller spends between pieces (printing
-        them, say) is not counted."""
+        them, say) is not counted. `cancelled`: a callable asked after every token (see
+        `Answerer.stream`)."""
         t0 = time.perf_counter()
         self.answerer.prompt_ids(question, options)  # a bad question fails before the video is read
         clip = load_video(video, self.spec.sampling.num_frames)
@@ -178,30 +181,31 @@ class Pipeline:
         self._check_frames(len(clip.frames))
         return (yield from self.stream_visual(self.visual(clip.frames, timings), question, options, gen, stop=stop,
                                               record_logits=record_logits, t0=t0, frame_indices=list(clip.indices),
-                                              num_frames_total=int(clip.total), timings=timings))
+                                              num_frames_total=int(clip.total), timings=timings, cancelled=cancelled))
 
     def stream_frames(self, frames: Sequence[np.ndarray], question: str, options: Sequence[str] | None = None,
                       gen: GenerationSpec = GenerationSpec(), *, stop: Sequence[str] = (),
-                      record_logits: bool = False, keys: Sequence[bytes] | None = None
+                      record_logits: bool = False, keys: Sequence[bytes] | None = None, cancelled=None
                       ) -> Generator[str, None, AskResult]:
         """`stream` over exactly these frames (see `ask_frames`); `keys`: their `frame_key`s, if known."""
         t0 = time.perf_counter()
         self._check_frames(len(frames))
         timings: dict[str, float] = {}
         return (yield from self.stream_visual(self.visual(frames, timings, keys), question, options, gen, stop=stop,
-                                              record_logits=record_logits, t0=t0, timings=timings))
+                                              record_logits=record_logits, t0=t0, timings=timings,
+                                              cancelled=cancelled))
 
     def stream_visual(self, visual: Visual, question: str, options: Sequence[str] | None = None,
                       gen: GenerationSpec = GenerationSpec(), *, stop: Sequence[str] = (), record_logits: bool = False,
                       t0: float | None = None, frame_indices: list[int] | None = None,
-                      num_frames_total: int | None = None, timings: dict[str, float] | None = None
-                      ) -> Generator[str, None, AskResult]:
+                      num_frames_total: int | None = None, timings: dict[str, float] | None = None,
+                      cancelled=None) -> Generator[str, None, AskResult]:
         """`stream` over a Visual (`visual` or `window`): the answer stage, wrapped into an AskResult.
         `t0`: when the request began (ttft counts from there); `timings`: stages measured before."""
         self._check_frames(visual.num_frames)
         timings = timings if timings is not None else {}
         answer: Answer = yield from self.answerer.stream(visual, question, options, gen, stop=stop,
-                                                         record_logits=record_logits, t0=t0)
+                                                         record_logits=record_logits, t0=t0, cancelled=cancelled)
         timings.update(answer.timings_ms)
         indices = frame_indices if frame_indices is not None else list(range(visual.num_frames))
         total = num_frames_total if num_frames_total is not None else visual.num_frames

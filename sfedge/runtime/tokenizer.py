@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from ..errors import SfedgeError
+from ..errors import ManifestError, SfedgeError
 
 
 class TextTokenizer:
@@ -31,6 +31,22 @@ class TextTokenizer:
 
     def stream(self) -> "StreamDecoder":
         return StreamDecoder(self)
+
+
+def check_canary(tokenizer: TextTokenizer, manifest: dict) -> None:
+    """Re-tokenize the export's canary chunks (manifest["tokenizer_guard"]["canaries"]) and refuse
+    (ManifestError, one line) engines whose tokenizer no longer gives the ids it gave at export:
+    the reference's ids, or for a difference allowed at export (`runtime_ids`), the runtime's then.
+    Manifests from before the guard have no canaries and pass."""
+    canaries = (manifest.get("tokenizer_guard") or {}).get("canaries") or []
+    for canary in canaries:
+        want = canary.get("runtime_ids", canary["ids"])
+        got = tokenizer.encode(canary["text"])
+        if got != want:
+            pos = next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), min(len(want), len(got)))
+            raise ManifestError(f"the tokenizer no longer agrees with the export: chunk {canary['text']!r} gives "
+                                f"{got}, the export recorded {want} (first difference at position {pos}); "
+                                f"re-export the engines with this tokenizers version or restore the tokenizer")
 
 
 class StreamDecoder:

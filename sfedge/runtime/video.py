@@ -14,7 +14,10 @@ import bisect
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
+try:
+    import av
+except ImportError:  # image directories need no PyAV (e.g. the GPU benchmark machine has none)
+    av = None
 import numpy as np
 from PIL import Image
 
@@ -157,6 +160,8 @@ def _index_packets(container, stream, path: Path) -> _PacketIndex:
 
 def _open(path: Path):
     """av.open with a video stream required; errors become one-line SfedgeErrors."""
+    if av is None:
+        raise SfedgeError(f"reading the video file {path} needs PyAV (pip install av); a directory of frames does not")
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, UnicodeDecodeError) as e:
