@@ -43,8 +43,9 @@ def test_one_intra_op_thread_per_cuda_session_unless_asked():
     assert engines.session_options("cpu", threads=2).intra_op_num_threads == 2
 
 
-def test_options_reach_the_session(cuda_listed, monkeypatch, engines_fp32):
-    """OrtEngine hands both to ONNX Runtime (recorded: no CUDA provider here)."""
+@pytest.fixture()
+def recorded_sessions(monkeypatch):
+    """ort.InferenceSession records its threads and providers, then opens the graph on the CPU."""
     seen = {}
     real = ort.InferenceSession
 
@@ -53,23 +54,22 @@ def test_options_reach_the_session(cuda_listed, monkeypatch, engines_fp32):
         return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
 
     monkeypatch.setattr(ort, "InferenceSession", recording)
+    return seen
+
+
+def test_options_reach_the_session(cuda_listed, recorded_sessions, engines_fp32):
+    """OrtEngine hands both to ONNX Runtime (recorded: no CUDA provider here)."""
+    seen = recorded_sessions
     with pytest.raises(SfedgeError, match="failed to start"):  # the recorded session runs on the CPU
         engines.OrtEngine(engines_fp32 / "vision.onnx", "cuda")
     assert seen["threads"] == 1
     assert seen["providers"][0] == ("CUDAExecutionProvider", engines.cuda_provider_options())
 
 
-def test_validation_sessions_on_cuda_without_tf32(monkeypatch, engines_fp32):
+def test_validation_sessions_on_cuda_without_tf32(monkeypatch, recorded_sessions, engines_fp32):
     from sfedge.export import validate
 
-    seen = {}
-    real = ort.InferenceSession
-
-    def recording(path, sess_options=None, providers=None):
-        seen.update(threads=sess_options.intra_op_num_threads, providers=providers)
-        return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
-
-    monkeypatch.setattr(ort, "InferenceSession", recording)
+    seen = recorded_sessions
     monkeypatch.setattr(cuda_libraries, "_notes", [])
     validate.session(engines_fp32 / "vision.onnx", "cuda")
     assert seen["providers"][0] == ("CUDAExecutionProvider", engines.cuda_provider_options())
