@@ -213,7 +213,7 @@ class OrtEngine(Engine):
         self.provider = provider
         self.device = device_of(provider)
         self.cuda_graph = cuda_graph and provider == "cuda"
-        self._uncaptured = uncaptured_run_options() if self.cuda_graph else None
+        self._uncaptured = uncaptured_run_options()  # (ignored where no CUDA graph is enabled)
         self.inputs = {i.name: _info(i) for i in self.session.get_inputs()}
         self.outputs = {o.name: _info(o) for o in self.session.get_outputs()}
         self.binding = self.session.io_binding()
