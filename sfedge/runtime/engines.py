@@ -14,7 +14,10 @@ CUDA sessions (`cuda_provider_options`, `session_options`): no TF32 (fp32 engine
 IEEE fp32, which their tolerances assume; fp16 and int4 graphs do not use it anyway), cuDNN's
 heuristic convolution-algorithm choice instead of the default exhaustive search (which would
 benchmark every algorithm on the request path each time a new frame count reaches the vision
-graph's Conv), and one intra-op thread (the GPU does the work; more threads only spin).
+graph's Conv), and one intra-op thread (the GPU does the work; more threads only spin). With
+`cuda_graph=True` (the LLM engine only: its decode step binds fixed addresses and shapes, see
+generate.py) the CUDA provider gets `enable_cuda_graph`, and every run that may not be captured
+(`infer`, prefill) carries RunOptions gpu_graph_id = -1, as onnxruntime-genai runs its prompt.
 
 Before the first CUDA or TensorRT session the CUDA and cuDNN libraries are loaded once per process
 (`cuda_libraries.preload`), so that onnxruntime-gpu finds the ones that pip's nvidia-* packages (or
