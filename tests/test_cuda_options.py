@@ -204,3 +204,15 @@ def test_device_memory_reading_without_a_cuda_runtime(monkeypatch):
     assert memory.cuda_used_mb() == (None, "no CUDA runtime loaded and no nvidia-smi")
     monkeypatch.setattr(memory, "gpu_used_mb", lambda index=0: 1234.0)
     assert memory.cuda_used_mb() == (1234.0, "nvidia-smi memory.used")
+
+
+def test_cuda_graph_option_only_where_asked_and_only_on_cuda(cuda_listed, monkeypatch):
+    """`enable_cuda_graph` (the LLM's decode step and the greedy step only) reaches the CUDA provider when
+    asked, never otherwise; TensorRT's CUDA fallback never gets it; prefill's RunOptions skip capture."""
+    assert "enable_cuda_graph" not in engines.session_providers("cuda")[0][1]
+    assert engines.session_providers("cuda", cuda_graph=True)[0][1]["enable_cuda_graph"] == "1"
+    assert engines.session_providers("cpu", cuda_graph=True) == ["CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                                                 "CPUExecutionProvider"])
+    assert "enable_cuda_graph" not in engines.session_providers("tensorrt", cuda_graph=True)[1][1]
+    assert engines.uncaptured_run_options().get_run_config_entry("gpu_graph_id") == "-1"
