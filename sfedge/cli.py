@@ -13,7 +13,7 @@ import sys
 from . import __version__
 from .errors import SfedgeError
 
-COMMANDS = ("demo", "ask", "serve", "export", "build", "verify", "bench", "make-tiny", "make-clip")
+COMMANDS = ("demo", "ask", "watch", "serve", "export", "build", "verify", "bench", "plan", "make-tiny", "make-clip")
 
 
 def _module(name: str):

@@ -3,6 +3,11 @@
 `render_frame(i)` draws frame i; `make_clip` encodes frames with PyAV; `make_image_dir` writes
 them as PNG files; `read_marker` recovers a frame's number from its pixels (robust to lossy
 codecs), so tests can tell exactly which frame a decoder returned.
+
+For frame skipping (SPEC 8) `make_clip` also makes camera-like scenes (`render_scene`): "static"
+(a still scene, as from a fixed camera), "moving-object" (the same scene with one small disc
+crossing it), each with optional sensor-like noise (`noise`: Gaussian, sigma in 0-255 units,
+independent per pixel, channel and frame) and H.264 at a chosen quality (`crf`).
 """
 
 from __future__ import annotations
@@ -98,9 +103,40 @@ def read_marker(frame: np.ndarray) -> int:
     return sum(1 << b for b, on in enumerate(bits) if on)
 
 
-def _encoder_options(encoder: str, gop: int) -> dict[str, str]:
+SCENES = ("shapes", "static", "moving-object")
+
+
+def render_scene(i: int, width: int = 320, height: int = 240, seed: int = 0, scene: str = "shapes",
+                 noise: float = 0.0) -> np.ndarray:
+    """Frame i of `scene`: "shapes" (render_frame), "static" (render_frame(0) held still: a fixed
+    camera), "moving-object" (the static scene with a dark disc of radius 6% of the shorter side
+    moving 2 px a frame along a horizontal line, bouncing at the edges). `noise`: sigma of
+    Gaussian noise added to every pixel and channel, fresh each frame (seeded by seed and i)."""
+    if scene not in SCENES:
+        raise SfedgeError(f"unknown scene {scene!r}; scenes: {', '.join(SCENES)}")
+    if scene == "shapes":
+        img = render_frame(i, width, height, seed)
+    else:
+        img = render_frame(0, width, height, seed)
+        if scene == "moving-object":
+            r = max(2, int(0.06 * min(width, height)))
+            span = width - 2 * r
+            x = r + (2 * i) % (2 * span)
+            x = x if x <= r + span else 2 * (r + span) - x
+            yy, xx = np.mgrid[0:height, 0:width]
+            img[(xx - x) ** 2 + (yy - height * 0.6) ** 2 < r * r] = (20, 20, 30)
+    if noise > 0:
+        rng = np.random.default_rng([seed, i, 7])
+        img = np.clip(np.rint(img + rng.normal(0.0, noise, img.shape)), 0, 255).astype(np.uint8)
+    return img
+
+
+def _encoder_options(encoder: str, gop: int, crf: int | None = None) -> dict[str, str]:
     if encoder == "libx264":  # B-frames and a fixed GOP, so decoders really reorder and seek
-        return {"preset": "veryfast", "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=2"}
+        opts = {"preset": "veryfast", "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=2"}
+        if crf is not None:
+            opts["crf"] = str(crf)
+        return opts
     if encoder == "libx265":
         return {"preset": "ultrafast", "x265-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=2:log-level=error"}
     if encoder.startswith("libvpx"):
@@ -117,25 +153,35 @@ def make_clip(
     codec: str | None = None,
     seed: int = 0,
     gop: int = 12,
+    scene: str = "shapes",
+    noise: float = 0.0,
+    crf: int | None = None,
 ) -> Path:
-    """Encode render_frame(0..num_frames-1) to `path`; the encoder follows the extension
-    (see encoder_for) unless `codec` ("h264", "hevc", "vp9", "vp8" or an encoder name) is given."""
+    """Encode render_scene(0..num_frames-1) to `path`; the encoder follows the extension
+    (see encoder_for) unless `codec` ("h264", "hevc", "vp9", "vp8" or an encoder name) is given.
+    `crf`: H.264 quality (0 lossless .. 51; x264's default is 23), libx264 only."""
     path = Path(path)
+    if scene not in SCENES:
+        raise SfedgeError(f"unknown scene {scene!r}; scenes: {', '.join(SCENES)}")
+    if noise < 0:
+        raise SfedgeError(f"noise sigma must be >= 0, got {noise}")
     if num_frames < 1:
         raise SfedgeError(f"a clip needs at least one frame, got {num_frames}")
     if width % 2 or height % 2:
         raise SfedgeError(f"clip width and height must be even, got {width}x{height}")
     encoder = encoder_for(path, codec)
+    if crf is not None and (encoder != "libx264" or not 0 <= crf <= 51):
+        raise SfedgeError(f"crf (0-51) needs the libx264 encoder, got crf {crf} with {encoder}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as out:
-        stream = out.add_stream(encoder, rate=fps, options=_encoder_options(encoder, gop))
+        stream = out.add_stream(encoder, rate=fps, options=_encoder_options(encoder, gop, crf))
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuvj420p" if encoder == "mjpeg" else "yuv420p"
         stream.codec_context.gop_size = gop
         if encoder == "mpeg4":
             stream.codec_context.max_b_frames = 2
         for i in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(render_frame(i, width, height, seed), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(render_scene(i, width, height, seed, scene, noise), format="rgb24")
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     return path

@@ -106,3 +106,9 @@ def test_demo_makes_engines_once_then_reuses_them(capsys, monkeypatch):
     assert main(["demo", "--max-new-tokens", "4", "--options", "red|green", "--json"]) == 0
     out = last_json(capsys.readouterr().out)
     assert out["passed"] and "choice" in out["result"] and out["parity"]["verdict"] in ("match", "near-tie")
+
+
+def test_cuda_graph_needs_the_cuda_provider(engines_fp32, short_clips, capsys):
+    rc = main(["ask", str(engines_fp32), str(short_clips["mp4-3"]), "What?", "--cuda-graph"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "--cuda-graph needs --provider cuda" in err

@@ -43,8 +43,9 @@ def test_one_intra_op_thread_per_cuda_session_unless_asked():
     assert engines.session_options("cpu", threads=2).intra_op_num_threads == 2
 
 
-def test_options_reach_the_session(cuda_listed, monkeypatch, engines_fp32):
-    """OrtEngine hands both to ONNX Runtime (recorded: no CUDA provider here)."""
+@pytest.fixture()
+def recorded_sessions(monkeypatch):
+    """ort.InferenceSession records its threads and providers, then opens the graph on the CPU."""
     seen = {}
     real = ort.InferenceSession
 
@@ -53,23 +54,22 @@ def test_options_reach_the_session(cuda_listed, monkeypatch, engines_fp32):
         return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
 
     monkeypatch.setattr(ort, "InferenceSession", recording)
+    return seen
+
+
+def test_options_reach_the_session(cuda_listed, recorded_sessions, engines_fp32):
+    """OrtEngine hands both to ONNX Runtime (recorded: no CUDA provider here)."""
+    seen = recorded_sessions
     with pytest.raises(SfedgeError, match="failed to start"):  # the recorded session runs on the CPU
         engines.OrtEngine(engines_fp32 / "vision.onnx", "cuda")
     assert seen["threads"] == 1
     assert seen["providers"][0] == ("CUDAExecutionProvider", engines.cuda_provider_options())
 
 
-def test_validation_sessions_on_cuda_without_tf32(monkeypatch, engines_fp32):
+def test_validation_sessions_on_cuda_without_tf32(monkeypatch, recorded_sessions, engines_fp32):
     from sfedge.export import validate
 
-    seen = {}
-    real = ort.InferenceSession
-
-    def recording(path, sess_options=None, providers=None):
-        seen.update(threads=sess_options.intra_op_num_threads, providers=providers)
-        return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
-
-    monkeypatch.setattr(ort, "InferenceSession", recording)
+    seen = recorded_sessions
     monkeypatch.setattr(cuda_libraries, "_notes", [])
     validate.session(engines_fp32 / "vision.onnx", "cuda")
     assert seen["providers"][0] == ("CUDAExecutionProvider", engines.cuda_provider_options())
@@ -204,3 +204,15 @@ def test_device_memory_reading_without_a_cuda_runtime(monkeypatch):
     assert memory.cuda_used_mb() == (None, "no CUDA runtime loaded and no nvidia-smi")
     monkeypatch.setattr(memory, "gpu_used_mb", lambda index=0: 1234.0)
     assert memory.cuda_used_mb() == (1234.0, "nvidia-smi memory.used")
+
+
+def test_cuda_graph_option_only_where_asked_and_only_on_cuda(cuda_listed, monkeypatch):
+    """`enable_cuda_graph` (the LLM's decode step and the greedy step only) reaches the CUDA provider when
+    asked, never otherwise; TensorRT's CUDA fallback never gets it; prefill's RunOptions skip capture."""
+    assert "enable_cuda_graph" not in engines.session_providers("cuda")[0][1]
+    assert engines.session_providers("cuda", cuda_graph=True)[0][1]["enable_cuda_graph"] == "1"
+    assert engines.session_providers("cpu", cuda_graph=True) == ["CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                                                 "CPUExecutionProvider"])
+    assert "enable_cuda_graph" not in engines.session_providers("tensorrt", cuda_graph=True)[1][1]
+    assert engines.uncaptured_run_options().get_run_config_entry("gpu_graph_id") == "-1"

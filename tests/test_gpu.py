@@ -80,6 +80,46 @@ def test_device_iobinding_chains_vision_to_slowfast_on_the_gpu(cuda_pipeline, ti
         np.testing.assert_allclose(gpu[k], host[k], rtol=1e-4, atol=1e-5)
 
 
+def captured_decoder(root, like):
+    """A Decoder over the LLM of `root` on CUDA with CUDA graphs (decode and greedy steps captured), set up as
+    the Decoder `like`."""
+    from sfedge.manifest import load_manifest
+    from sfedge.runtime.engines import OrtEngine
+    from sfedge.runtime.generate import Decoder
+
+    comps = load_manifest(root)["components"]
+    engine = OrtEngine(Path(root) / comps["llm"]["path"], "cuda", cuda_graph=True)
+    _, heads, _, head_dim = like.kv[like.past_names[0]].shape()
+    return Decoder(engine, like.table, Path(root) / comps["greedy_step"]["path"], kv_names=list(like.present_of.items()),
+                   num_kv_heads=heads, head_dim=head_dim, max_length=like.max_length, shared=like.shared)
+
+
+def test_captured_decode_loop_gives_the_cpu_tokens(tiny):
+    """The CUDA-graph decode loop (captured after ONNX Runtime's warm-up runs, then replayed; prefill
+    uncaptured) against the CPU's static loop: prompts of other lengths reuse the one captured graph (the
+    mask's content is all that changes), and so do a kept prefix and a restored snapshot."""
+    from sfedge.runtime.generate import generate
+    from sfedge.runtime.pipeline import Pipeline
+
+    cpu = Pipeline(tiny[0], provider="cpu").decoder
+    gpu = captured_decoder(tiny[0], cpu)
+    assert gpu.cuda_graph and gpu.engine.session.get_provider_options()["CUDAExecutionProvider"]["enable_cuda_graph"] == "1"
+    rng = np.random.default_rng(0)
+    gen = GenerationSpec(max_new_tokens=24, ignore_eos=True)
+    for n in (40, 25, 61):
+        embeds = cpu.table[rng.integers(3, cpu.table.shape[0], n)][None]
+        want = list(generate(cpu, embeds, gen, ()))
+        assert list(generate(gpu, embeds, gen, ())) == want, n
+        assert list(generate(gpu, embeds, gen, (), prefill_chunk=16)) == want, n
+        ids = list(range(n))
+        list(generate(gpu, embeds[:, :20], GenerationSpec(max_new_tokens=2), (), items=ids[:20]))
+        assert list(generate(gpu, embeds[:, 20:], gen, (), start=20)) == want, n  # kept prefix
+        snap = gpu.snapshot(20)
+        list(generate(gpu, embeds[:, 5:30], GenerationSpec(max_new_tokens=3), ()))
+        gpu.restore(snap, ids[:20])
+        assert list(generate(gpu, embeds[:, 20:], gen, (), start=20)) == want, n  # restored snapshot
+
+
 def test_fp32_matmul_without_tf32(tmp_path):
     """A K=4096 fp32 MatMul matches float64 to ~1e-6 (TF32's 10-bit mantissa would leave ~1e-3)."""
     from onnx import TensorProto, helper

@@ -77,8 +77,12 @@ def prefill_flops(g: Geometry, tokens: int) -> float:
 
 
 def kv_bytes(g: Geometry, context: int, bytes_per_value: float = 2) -> float:
-    """K and V of every layer at `context` positions."""
-    return 2 * g.layers * g.kv_heads * g.head_dim * context * bytes_per_value
+    """K and V of every layer at `context` positions (sfedge.context.kv_cache_bytes: the one formula
+    export, the bench and `sfedge plan` share)."""
+    from ..context import kv_cache_bytes
+
+    dtype = {4: "float32", 2: "float16", 1: "int8"}[bytes_per_value]
+    return kv_cache_bytes(g.layers, g.kv_heads, g.head_dim, context, dtype)["total"]
 
 
 def floors_ms(g: Geometry | None, ceilings: dict, *, frames: int, prefill_tokens: int, new_tokens: int,

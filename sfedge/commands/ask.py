@@ -28,6 +28,8 @@ def add_generation_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=None, help="sampling seed")
     p.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu",
                    help="ONNX Runtime execution provider (default cpu)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="with --provider cuda: capture the decode step in a CUDA graph (not yet run on a GPU)")
 
 
 def generation_spec(args):
@@ -39,6 +41,13 @@ def generation_spec(args):
                               top_p=args.top_p, top_k=args.top_k, seed=args.seed)
     except ValueError as e:
         raise SfedgeError(f"--{str(e).replace('_', '-')}") from None
+
+
+def cuda_graph(args) -> bool:
+    """--cuda-graph, refused (one line) without --provider cuda."""
+    if args.cuda_graph and args.provider != "cuda":
+        raise SfedgeError("--cuda-graph needs --provider cuda")
+    return args.cuda_graph
 
 
 class StreamPrinter:
@@ -63,7 +72,7 @@ def run(args) -> int:
     utf8_text(args.question, "question")
     options = parse_options(utf8_text(args.options, "--options value")) if args.options is not None else None
     gen = generation_spec(args)
-    pipe = Pipeline(args.engines, provider=args.provider)
+    pipe = Pipeline(args.engines, provider=args.provider, cuda_graph=cuda_graph(args))
     result = pipe.ask(args.video, args.question, options, gen, on_token=None if args.json else StreamPrinter())
     if args.json:
         print_json(result.to_dict())

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ._common import add_json_flag, print_json, utf8_text
-from .ask import StreamPrinter, add_generation_arguments, generation_spec
+from .ask import StreamPrinter, add_generation_arguments, cuda_graph, generation_spec
 
 HELP = "tiny model end to end: engines (cached), a synthetic clip, a streamed answer, timings, parity verdict"
 DEFAULT_QUESTION = "What is moving in the video?"
@@ -71,7 +71,7 @@ def run(args) -> int:
     engines = cached_engines(args.llm, args.precision, device_of(args.provider))
     clip = cached_clip()
     say(f"engines: {engines}\nclip:    {clip}\nquestion: {args.question}" + (f"\noptions: {options}" if options else ""))
-    pipe = Pipeline(engines, provider=args.provider)
+    pipe = Pipeline(engines, provider=args.provider, cuda_graph=cuda_graph(args))
     if not args.json:
         sys.stdout.write("answer:  ")
     result = pipe.ask(clip, args.question, options, gen, on_token=None if args.json else StreamPrinter())

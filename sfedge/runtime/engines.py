@@ -14,7 +14,10 @@ CUDA sessions (`cuda_provider_options`, `session_options`): no TF32 (fp32 engine
 IEEE fp32, which their tolerances assume; fp16 and int4 graphs do not use it anyway), cuDNN's
 heuristic convolution-algorithm choice instead of the default exhaustive search (which would
 benchmark every algorithm on the request path each time a new frame count reaches the vision
-graph's Conv), and one intra-op thread (the GPU does the work; more threads only spin).
+graph's Conv), and one intra-op thread (the GPU does the work; more threads only spin). With
+`cuda_graph=True` (the LLM engine only: its decode step binds fixed addresses and shapes, see
+generate.py) the CUDA provider gets `enable_cuda_graph`, and every run that may not be captured
+(`infer`, prefill) carries RunOptions gpu_graph_id = -1, as onnxruntime-genai runs its prompt.
 
 Before the first CUDA or TensorRT session the CUDA and cuDNN libraries are loaded once per process
 (`cuda_libraries.preload`), so that onnxruntime-gpu finds the ones that pip's nvidia-* packages (or
@@ -95,12 +98,26 @@ def trt_profile_shapes(io: list[dict], opt: dict[str, int] | None = None) -> dic
     return {f"trt_profile_{k}_shapes": ",".join(v) for k, v in parts.items() if v}
 
 
-def cuda_provider_options(*, tf32: bool = False, device_id: int = 0) -> dict[str, str]:
+def cuda_provider_options(*, tf32: bool = False, device_id: int = 0, cuda_graph: bool = False) -> dict[str, str]:
     """The CUDA execution provider's options (ONNX Runtime's names and string values): TF32 off
     unless asked (`use_tf32`, on by default in ONNX Runtime), cuDNN's heuristic convolution
     algorithm choice (`cudnn_conv_algo_search`; ONNX Runtime's default, EXHAUSTIVE, times every
-    algorithm at the first run of each new input shape)."""
-    return {"device_id": str(device_id), "use_tf32": "1" if tf32 else "0", "cudnn_conv_algo_search": "HEURISTIC"}
+    algorithm at the first run of each new input shape). `cuda_graph`: `enable_cuda_graph`, as
+    onnxruntime-genai sets it: runs capture / replay a CUDA graph unless their RunOptions say
+    gpu_graph_id = -1 (`UNCAPTURED`); only for sessions whose every run of graph 0 binds the same
+    addresses and shapes (the LLM's decode step, the greedy step)."""
+    opts = {"device_id": str(device_id), "use_tf32": "1" if tf32 else "0", "cudnn_conv_algo_search": "HEURISTIC"}
+    if cuda_graph:
+        opts["enable_cuda_graph"] = "1"
+    return opts
+
+
+def uncaptured_run_options() -> ort.RunOptions:
+    """RunOptions for a run that must not be captured or replayed as a CUDA graph (gpu_graph_id -1:
+    a prefill, whose shapes change; ONNX Runtime ignores the entry where no graph is enabled)."""
+    opts = ort.RunOptions()
+    opts.add_run_config_entry("gpu_graph_id", "-1")
+    return opts
 
 
 def session_options(provider: str, *, threads: int = 0) -> ort.SessionOptions:
@@ -116,14 +133,15 @@ def session_options(provider: str, *, threads: int = 0) -> ort.SessionOptions:
 
 def session_providers(provider: str, *, io: list[dict] | None = None, fp16: bool = False,
                       trt_cache_dir: str | Path | None = None, trt_opt: dict[str, int] | None = None,
-                      tf32: bool = False) -> list:
+                      tf32: bool = False, cuda_graph: bool = False) -> list:
     """The providers list for ort.InferenceSession: the chosen EP first, then its fallbacks.
-    TensorRT: fp16 kernels if `fp16`, engines and timing cache kept in `trt_cache_dir`, one
+    `cuda_graph`: the CUDA EP captures graphs (`cuda_provider_options`; the cuda provider only, ignored
+    by the others). TensorRT: fp16 kernels if `fp16`, engines and timing cache kept in `trt_cache_dir`, one
     optimisation profile from the IO entries' dynamic ranges (opt point from `trt_opt`)."""
     check_provider(provider)
     if provider == "cpu":
         return ["CPUExecutionProvider"]
-    cuda = ("CUDAExecutionProvider", cuda_provider_options(tf32=tf32))
+    cuda = ("CUDAExecutionProvider", cuda_provider_options(tf32=tf32, cuda_graph=cuda_graph and provider == "cuda"))
     if provider == "cuda":
         return [cuda, "CPUExecutionProvider"]
     trt = {"device_id": 0, "trt_fp16_enable": fp16}
@@ -164,11 +182,13 @@ class OrtEngine(Engine):
     def __init__(self, path: str | Path, provider: str = "cpu", *, io: list[dict] | None = None,
                  fp16: bool = False, trt_cache_dir: str | Path | None = None,
                  trt_opt: dict[str, int] | None = None, threads: int = 0, mem_reuse: bool = True,
-                 spinning: bool | None = None, tf32: bool = False):
+                 spinning: bool | None = None, tf32: bool = False, cuda_graph: bool = False):
         """`spinning`: let ORT's idle intra-op threads busy-wait between runs (ORT's default).
         None: the SFEDGE_ORT_SPINNING environment variable ("0" = off; default on).
         `threads`: intra-op threads (0: ORT's default on CPU, one on CUDA / TensorRT).
-        `tf32`: allow TF32 in the CUDA provider's fp32 matmuls and convolutions (default off)."""
+        `tf32`: allow TF32 in the CUDA provider's fp32 matmuls and convolutions (default off).
+        `cuda_graph`: the cuda provider only (ignored by the others); runs replay a captured CUDA graph (see
+        `cuda_provider_options`) except `infer` and `run_binding(captured=False)`."""
         if spinning is None:
             spinning = os.environ.get("SFEDGE_ORT_SPINNING", "1") != "0"
         opts = session_options(provider, threads=threads)
@@ -183,7 +203,7 @@ class OrtEngine(Engine):
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         providers = session_providers(provider, io=io, fp16=fp16, trt_cache_dir=trt_cache_dir, trt_opt=trt_opt,
-                                      tf32=tf32)
+                                      tf32=tf32, cuda_graph=cuda_graph)
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
@@ -195,6 +215,8 @@ class OrtEngine(Engine):
                               + (f"; loading CUDA libraries: {notes}" if notes else ""))
         self.provider = provider
         self.device = device_of(provider)
+        self.cuda_graph = cuda_graph and provider == "cuda"
+        self._uncaptured = uncaptured_run_options()  # (ignored where no CUDA graph is enabled)
         self.inputs = {i.name: _info(i) for i in self.session.get_inputs()}
         self.outputs = {o.name: _info(o) for o in self.session.get_outputs()}
         self.binding = self.session.io_binding()
@@ -210,9 +232,11 @@ class OrtEngine(Engine):
         self._bound[name] = value
         self.binding.bind_ortvalue_input(name, value)
 
-    def run_binding(self) -> None:
-        """Run with whatever is bound now (the LLM loop binds its own buffers)."""
-        self.session.run_with_iobinding(self.binding)
+    def run_binding(self, binding: ort.IOBinding | None = None, *, captured: bool = False) -> None:
+        """Run with whatever is bound now in `binding` (default: the engine's own; the LLM loop
+        binds its own buffers). `captured`: a CUDA-graph session may capture / replay this run
+        (only for a binding whose addresses and shapes never change); otherwise it runs uncaptured."""
+        self.session.run_with_iobinding(binding or self.binding, None if captured else self._uncaptured)
 
     def infer(self, feeds: dict, *, on_device: bool = False) -> dict:
         self.binding.clear_binding_inputs()

@@ -14,11 +14,26 @@ Two KV layouts, as the builder declares in genai_config.json (`past_present_shar
 * concat (plain attention: fp16 on CPU): `present` = concat(past, new); each step's presents are
   left on the device (ORT allocates them) and bound as the next step's pasts.
 
-The attention mask and position ids are windows onto two device buffers made once (ones and
-0..max_length-1), bound by pointer with the step's shape. Greedy decoding runs ArgMax + embedding
-Gather on the device (the exported greedy_step.onnx) into the buffer the LLM reads as `inputs_embeds`: between
-decode steps only the new token id (8 bytes) reaches the host. Sampling reads the logits
-([V] floats) on the host, samples with numpy and writes the next embedding back.
+Prefill (uncaptured): the attention mask and position ids are windows onto two device buffers made
+once (ones and 0..max_length-1), bound by pointer with the run's shape.
+
+Decode, shared layout: a static-shape step that CUDA graphs can capture, bound once in its own
+IOBinding (`Decoder.decode_binding`) and never rebound: `inputs_embeds` = the [1, 1, D] embeds buffer,
+`attention_mask` = one fixed [1, max_length] buffer whose first length + 1 entries are 1 and the rest
+0 (as onnxruntime-genai's static mask for graph capture: GQA's total length is then max_length while
+seqlens_k = sum(mask) - 1 tracks the real one), `position_ids` (if the graph has it) = a [1, 1]
+buffer, the KV buffers, `logits` = the [1, 1, V] buffer. Between steps only the mask's content
+changes: on the CPU one entry is written through a view of the buffer; on a GPU the host copy of the
+mask (max_length int64) is written into the same device buffer (`OrtValue.update_inplace`, one
+host-to-device copy between graph replays; `_write_mask`). With `cuda_graph` (CUDA engines opened
+with `cuda_graph=True`) the decode step and the greedy step are captured and replayed by ONNX
+Runtime (graph id 0) and prefill runs with gpu_graph_id -1. The concat layout decodes as it
+prefills (its presents are new tensors every step: not capturable).
+
+Greedy decoding runs ArgMax + embedding Gather on the device (the exported greedy_step.onnx, a
+second session with fixed bindings) into the buffer the LLM reads as `inputs_embeds` and a [1, 1]
+token buffer on the device: between decode steps only the new token id (8 bytes) reaches the host.
+Sampling reads the logits ([V] floats) on the host, samples with numpy and writes the next embedding back.
 """
 
 from __future__ import annotations
@@ -59,17 +74,59 @@ class Decoder:
         self.logits = self._alloc([1, 1, vocab], engine.outputs["logits"].dtype)
         self.embeds = self._alloc([1, 1, hidden], self.dtype)
         self.device_table = self._upload(self.table)
+        self.token = self._alloc([1, 1], np.int64)  # the greedy step's token id, on the device
         step_provider = "cpu" if self.device == "cpu" else "cuda"
+        self.cuda_graph = bool(getattr(engine, "cuda_graph", False))
         self.step = ort.InferenceSession(str(step_path), sess_options=session_options(step_provider),
-                                         providers=session_providers(step_provider))
-        self.step_binding = self.step.io_binding()
+                                         providers=session_providers(step_provider, cuda_graph=self.cuda_graph))
+        self.step_binding = self.step.io_binding()  # fixed for good: the greedy step is capturable
         self.step_binding.bind_ortvalue_input("logits", self.logits)
         self.step_binding.bind_ortvalue_input("table", self.device_table)
-        self.step_binding.bind_output("token", "cpu")
+        self.step_binding.bind_ortvalue_output("token", self.token)
         self.step_binding.bind_ortvalue_output("embeds", self.embeds)
         self.length = 0  # tokens now in the cache
         self.items: list = []  # what each cached position holds: prompt items, then fed-back token ids
         self.bytes_per_token = sum(num_kv_heads * head_dim * np.dtype(self.dtype).itemsize for _ in self.past_names)
+        if shared:
+            self._make_decode_binding()
+
+    def _make_decode_binding(self) -> None:
+        """The static-shape decode step's buffers and its IOBinding, bound once (module docstring)."""
+        self.mask = self._alloc([1, self.max_length], np.int64)
+        # the mask's content on the host: on the CPU a view of the buffer itself, elsewhere a copy
+        self.mask_host = self.mask.numpy() if self.device == "cpu" else np.zeros((1, self.max_length), np.int64)
+        self.mask_host[:] = 0
+        self.mask_ones = 0  # leading ones in the device buffer (the rest are zeros)
+        self._write_mask()
+        b = self.decode_binding = self.engine.session.io_binding()
+        b.bind_ortvalue_input("inputs_embeds", self.embeds)
+        b.bind_ortvalue_input("attention_mask", self.mask)
+        if self.has_positions:
+            self.position = self._alloc([1, 1], np.int64)
+            self.position_host = self.position.numpy() if self.device == "cpu" else np.zeros((1, 1), np.int64)
+            b.bind_ortvalue_input("position_ids", self.position)
+        for name in self.past_names:
+            b.bind_ortvalue_input(name, self.kv[name])
+            b.bind_ortvalue_output(self.present_of[name], self.kv[name])
+        b.bind_ortvalue_output("logits", self.logits)
+
+    def _write_mask(self) -> None:
+        """Copy the host mask into the device buffer (a GPU's; on the CPU the host mask is the buffer)."""
+        if self.device != "cpu":
+            self.mask.update_inplace(self.mask_host)
+
+    def set_mask(self, ones: int) -> None:
+        """Make the decode mask's first `ones` entries 1 and the rest 0, changing only what differs
+        (one entry per decode step)."""
+        if ones == self.mask_ones:
+            return
+        if ones == self.mask_ones + 1:
+            self.mask_host[0, ones - 1] = 1
+        else:
+            self.mask_host[0, :ones] = 1
+            self.mask_host[0, ones:] = 0
+        self.mask_ones = ones
+        self._write_mask()
 
     def _alloc(self, shape: list[int], dtype) -> ort.OrtValue:
         return ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, self.device, 0)
@@ -177,16 +234,29 @@ def prefill(dec: Decoder, embeds: np.ndarray, chunk: int | None = None, *, start
 
 
 def decode_one(dec: Decoder, token: int | None = None) -> None:
-    """One decode step on the embedding in `dec.embeds` (that of `token`); its logits land in `dec.logits`."""
-    _run(dec, dec.embeds, 1, dec.logits)
+    """One decode step on the embedding in `dec.embeds` (that of `token`); its logits land in `dec.logits`.
+    Shared layout: the static-shape step (module docstring): only the mask's content (and the
+    position, where the graph takes one) changes, then the fixed binding runs (captured under CUDA graphs)."""
+    if not dec.shared:
+        _run(dec, dec.embeds, 1, dec.logits)
+    else:
+        if dec.length >= dec.max_length:
+            raise SfedgeError(f"the cache is full ({dec.max_length} positions)")
+        dec.set_mask(dec.length + 1)
+        if dec.has_positions:
+            dec.position_host[0, 0] = dec.length
+            if dec.device != "cpu":
+                dec.position.update_inplace(dec.position_host)
+        dec.engine.run_binding(dec.decode_binding, captured=True)
+        dec.length += 1
     dec.items.append(token)
 
 
 def next_token(dec: Decoder, gen: GenerationSpec, rng: np.random.Generator) -> int:
     """Choose the next token from `dec.logits` and put its embedding in `dec.embeds`."""
     if gen.greedy:
-        dec.step.run_with_iobinding(dec.step_binding)
-        return int(dec.step_binding.get_outputs()[0].numpy()[0, 0])
+        dec.step.run_with_iobinding(dec.step_binding)  # captured under CUDA graphs: fixed bindings
+        return int(dec.token.numpy()[0, 0])  # the one read back per step: 8 bytes
     token = sample_next(dec.host_logits(), gen, rng)
     dec.embeds.update_inplace(dec.table[token][None, None])
     return token

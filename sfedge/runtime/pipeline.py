@@ -73,9 +73,11 @@ class Pipeline:
 
     def __init__(self, engines_dir: str | Path, provider: str = "cpu", *, trt_cache_dir: str | Path | None = None,
                  prefill_chunk: int | None = None, threads: int = 0, prefix_cache_mb: float = PREFIX_CACHE_MB,
-                 prefix_reuse: bool = True):
+                 prefix_reuse: bool = True, cuda_graph: bool = False):
         """`prefix_cache_mb`: host memory for saved KV prefixes besides the decoder's own buffer (0: the
-        buffer's alone); `prefix_reuse` False: every prompt is prefilled whole (cold benchmarks)."""
+        buffer's alone); `prefix_reuse` False: every prompt is prefilled whole (cold benchmarks);
+        `cuda_graph`: on the CUDA provider, capture the LLM's decode step in a CUDA graph (shared KV
+        layout only; off by default until tests/test_gpu.py's captured-loop test has run on a GPU)."""
         root = Path(engines_dir)
         self.manifest = load_manifest(root)  # raises ManifestError before anything is loaded
         native = self.manifest.get("tensorrt", {}).get("plans", {})
@@ -102,7 +104,8 @@ class Pipeline:
         shared = _shares_buffer(root, comps["llm"])
         # TensorRT takes vision and slowfast; the LLM's GroupQueryAttention (in-place KV buffer)
         # is a CUDA-EP contrib op TensorRT cannot build, so the LLM runs on the CUDA EP.
-        llm = engine("llm", "cuda" if provider == "tensorrt" else provider, mem_reuse=shared)
+        llm = engine("llm", "cuda" if provider == "tensorrt" else provider, mem_reuse=shared,
+                     cuda_graph=cuda_graph and shared and provider == "cuda")
         table = np.load(root / comps["embeddings"]["path"], mmap_mode="r")
         decoder = Decoder(llm, table, root / comps["greedy_step"]["path"],
                           kv_names=_kv_names(comps["llm"], model["num_layers"]),
