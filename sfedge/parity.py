@@ -238,3 +238,28 @@ def failures(report: dict, precision: str, device: str = "cpu") -> list[str]:
 
 def passed(report: dict, precision: str, device: str = "cpu") -> bool:
     return not failures(report, precision, device)
+
+
+def check_engines(pipeline, reference, engines_root, video, question: str, options=None,
+                  max_new_tokens: int = 16, device: str = "cpu") -> dict:
+    """What `sfedge verify` and `sfedge demo` decide on: `compare` (int4 engines against the
+    reference running their own dequantized weights), the int4 weights bit for bit (enforced for
+    CPU engines, as export validation does), the failures at the engines' precision and the verdict.
+    The report gains precision, verdict, passed, failures and int4_weights."""
+    from contextlib import nullcontext
+
+    from .export.int4 import check_weights, int4_weights
+    from .export.validate import int4_settings
+
+    precision = pipeline.manifest.get("precision", "fp32")
+    int4 = int4_settings(Path(engines_root), pipeline.manifest)
+    weights = check_weights(reference, int4["model"]) if int4 else None
+    enforced = pipeline.manifest.get("device", "cpu") == "cpu"  # as in export validation (validate.compare)
+    with int4_weights(reference, int4["block_size"]) if int4 else nullcontext():
+        report = compare(pipeline, reference, video, question, options, max_new_tokens,
+                         engines_root=Path(engines_root), device=device)
+    problems = failures(report, precision, device) + (
+        [weights["failure"]] if weights and not weights["passed"] and enforced else [])
+    report.update(precision=precision, verdict=verdict(report, precision, device), passed=not problems,
+                  failures=problems, int4_weights=weights and {k: v for k, v in weights.items() if k != "mismatches"})
+    return report

@@ -60,7 +60,8 @@ def run(args) -> int:
     from ..reference.model import SlowFastLlava
     from ..runtime.engines import check_provider, device_of
     from ..runtime.pipeline import STAGES, Pipeline, parse_options
-    from .verify import compare, format_report, passed
+    from ..parity import check_engines
+    from .verify import format_report
 
     check_provider(args.provider)
     gen = generation_spec(args)
@@ -77,8 +78,9 @@ def run(args) -> int:
     result = pipe.ask(clip, args.question, options, gen, on_token=None if args.json else StreamPrinter())
     say("" if args.json else "\n" + format_timings(result, STAGES))
     reference = SlowFastLlava.from_pretrained(resolve_model(f"tiny-{args.llm}"), spec=pipe.spec)
-    report = compare(pipe, reference, clip, args.question, options, min(gen.max_new_tokens, 32))
-    ok = passed(report, pipe.manifest.get("precision", "fp32"))
+    report = check_engines(pipe, reference, engines, clip, args.question, options, min(gen.max_new_tokens, 32),
+                           device=device_of(args.provider))
+    ok = report["passed"]
     if args.json:
         print_json({"result": result.to_dict(), "parity": report, "passed": ok, "engines": engines})
     else:

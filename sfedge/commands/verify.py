@@ -14,10 +14,9 @@ after their packed weights were checked bit for bit against that quantization.
 from __future__ import annotations
 
 import tempfile
-from contextlib import nullcontext
 from pathlib import Path
 
-from ..parity import compare, failures, verdict
+from ..parity import check_engines
 from ._common import add_json_flag, existing_path, print_json, utf8_text
 
 HELP = "compare exported engines with the PyTorch reference on a synthetic clip (per-stage errors, token parity)"
@@ -52,8 +51,6 @@ def format_report(report: dict) -> str:
 
 
 def run(args) -> int:
-    from ..export.int4 import check_weights, int4_weights
-    from ..export.validate import int4_settings
     from ..manifest import load_manifest
     from ..reference.model import SlowFastLlava
     from ..runtime.pipeline import Pipeline, parse_options
@@ -65,25 +62,19 @@ def run(args) -> int:
     reference = SlowFastLlava.from_pretrained(args.model, spec=pipe.spec, lazy_upcast=True)
     utf8_text(args.question, "question")
     options = parse_options(utf8_text(args.options, "--options value")) if args.options is not None else None
-    precision = pipe.manifest.get("precision", "fp32")
     device = "cpu" if args.provider == "cpu" else "cuda"
-    int4 = int4_settings(Path(args.engines), pipe.manifest)
-    weights = check_weights(reference, int4["model"]) if int4 else None
-    enforced = pipe.manifest.get("device", "cpu") == "cpu"  # as in export validation (validate.compare)
-    with tempfile.TemporaryDirectory() as tmp, int4_weights(reference, int4["block_size"]) if int4 else nullcontext():
+    with tempfile.TemporaryDirectory() as tmp:
         video = existing_path(args.video, "video") if args.video else make_clip(Path(tmp) / "clip.mp4", 60, seed=0)
-        report = compare(pipe, reference, video, args.question, options, args.max_new_tokens,
-                         engines_root=Path(args.engines), device=device)
-    problems = failures(report, precision, device) + ([weights["failure"]] if weights and not weights["passed"] and enforced else [])
-    report.update(precision=precision, verdict=verdict(report, precision, device), passed=not problems, failures=problems,
-                  int4_weights=weights and {k: v for k, v in weights.items() if k != "mismatches"})
+        report = check_engines(pipe, reference, args.engines, video, args.question, options, args.max_new_tokens,
+                               device=device)
+    weights = report["int4_weights"]
     if args.json:
         print_json(report)
     else:
         print(format_report(report))
         if weights:
             print(f"int4 weights      {'bit-identical' if weights['passed'] else 'DIFFER'} ({weights['checked']} MatMulNBits)")
-        for problem in problems:
+        for problem in report["failures"]:
             print(f"FAIL: {problem}")
-        print(f"verdict: {'PASS' if report['passed'] else 'FAIL'} ({precision})")
+        print(f"verdict: {'PASS' if report['passed'] else 'FAIL'} ({report['precision']})")
     return 0 if report["passed"] else 1
