@@ -119,6 +119,16 @@ def reference_logits_at(reference, prompt_embeds, prefix: list[int]) -> np.ndarr
         return reference.first_step_logits(torch.cat([prompt_embeds, tail], dim=1)).numpy()
 
 
+def token_agreement(engine_tokens, ref_tokens) -> dict:
+    """How far two greedy token sequences agree: `equal_prefix` leading tokens of `compared`
+    (the shorter length), `first_diff_step` (None when one is a prefix of the other and both have
+    the same length)."""
+    n = min(len(engine_tokens), len(ref_tokens))
+    k = next((i for i in range(n) if engine_tokens[i] != ref_tokens[i]), n)
+    same = k == n and len(engine_tokens) == len(ref_tokens)
+    return {"compared": n, "equal_prefix": k, "first_diff_step": None if same else k}
+
+
 def token_parity(pipeline, reference, video, question: str, options, ref_visual, max_new_tokens: int = 16) -> dict:
     """The whole chain on both sides (the reference from `ref_visual`, the engines from the video):
     prompt ids, first-step logits error, greedy tokens and the reference's top-2 gap where they
@@ -141,12 +151,10 @@ def token_parity(pipeline, reference, video, question: str, options, ref_visual,
         "ref_tokens": ref_tokens, "engine_tokens": result.token_ids,
         "tokens_match": ref_tokens == result.token_ids,
         "ref_answer": reference.decode(ref_tokens), "engine_answer": result.answer, "choice": result.choice,
-        "first_diff_step": None, "top2_gap": None,
+        "first_diff_step": token_agreement(result.token_ids, ref_tokens)["first_diff_step"], "top2_gap": None,
     }
     if not report["tokens_match"]:
-        step = next((i for i, (a, b) in enumerate(zip(ref_tokens, result.token_ids)) if a != b),
-                    min(len(ref_tokens), len(result.token_ids)))
-        report["first_diff_step"] = step
+        step = report["first_diff_step"]
         report["top2_gap"] = top2_gap(reference_logits_at(reference, ref_embeds, ref_tokens[:step]))
     report["verdict"] = verdict(report, "fp32")
     return report

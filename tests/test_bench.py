@@ -150,4 +150,6 @@ def test_cli_smoke(tmp_path_factory, tiny_dir, tmp_path):
         assert report[side]["peak_rss_mb"] > 0
         assert 0 < report[side]["floor_fraction"]["prefill"] <= 1.5
     assert report["speedup"]["e2e"] > 0
+    # fp32 engines and the fp32 reference on the tiny model: the same greedy tokens (EOS ignored)
+    assert report["token_agreement"] == {"compared": 4, "equal_prefix": 4, "first_diff_step": None}
     assert (tmp_path / "b.png").is_file()

@@ -104,7 +104,7 @@ def bench_engines(cfg: BenchConfig, gen: GenerationSpec, on_cuda: bool) -> SideR
         res = pipe.ask(cfg.video, cfg.question, gen=gen)
         side.runs.append(_engine_run(res, (time.perf_counter() - t0) * 1e3))
     side.peak_rss_mb = mon.peak_rss_mb
-    side.info = {"frames": len(res.frame_indices), "visual_tokens": res.num_visual_tokens,
+    side.info = {"frames": len(res.frame_indices), "visual_tokens": res.num_visual_tokens, "tokens": res.token_ids,
                  "ttft_source": "Pipeline timings_ms['ttft']" if ttft_reported else "sum of the stages before the "
                  "first token (this Pipeline reports no 'ttft')",
                  "memory_note": "peak RSS sampled over loading + untimed runs"}
@@ -160,7 +160,7 @@ def bench_reference(cfg: BenchConfig, gen: GenerationSpec, spec: PipelineSpec, c
         mark()
         ms = [(b - a) * 1e3 for a, b in zip(marks, marks[1:])]  # ..., slowfast, splice, generate
         side.info.update(frames=int(pixels.shape[0]), visual_tokens=int(visual.shape[0]),
-                         prefill_tokens=embeds.shape[1])
+                         prefill_tokens=embeds.shape[1], tokens=[int(t) for t in new_ids])
         return {"decode_video": ms[0], "preprocess": ms[1], "vision": ms[2], "slowfast": ms[3],
                 "prefill": (first[0] - marks[-2]) * 1e3, "ttft": (first[0] - marks[0]) * 1e3,
                 "decode_ms_per_token": (marks[-1] - first[0]) * 1e3 / max(1, len(new_ids) - 1),
@@ -272,4 +272,10 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         report["reference"] = _side_report(ref, floors(ref.info["weight_bytes"], ref_bytes))
         e, r = report["engine"]["stages_ms"], report["reference"]["stages_ms"]
         report["speedup"] = {k: ratio(r[k]["median"], e[k]["median"]) for k in STAGES if k in e and k in r}
+        # greedy tokens of the last timed run on each side (same frames, prompt and new tokens; EOS
+        # ignored): informational, the pass/fail rule is `sfedge verify`'s (a reference in another
+        # dtype, or int4 engines, may part ways early)
+        from ..parity import token_agreement
+
+        report["token_agreement"] = token_agreement(eng.info["tokens"], ref.info["tokens"])
     return report
