@@ -311,6 +311,16 @@ def test_cli_json(tmp_path, monkeypatch, capsys, trt_calls):
 SUCCESS = "cudaSuccess"
 
 
+def install_fakes(monkeypatch, tensorrt_module, cudart) -> None:
+    """The fake `tensorrt` and cuda-python (`cuda.bindings.runtime`) modules, for one test."""
+    monkeypatch.setitem(sys.modules, "tensorrt", tensorrt_module)
+    package = types.ModuleType("cuda.bindings")
+    package.runtime = cudart
+    monkeypatch.setitem(sys.modules, "cuda", types.ModuleType("cuda"))
+    monkeypatch.setitem(sys.modules, "cuda.bindings", package)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cudart)
+
+
 def fake_cudart(calls: list):
     """cuda-python's runtime API over bytearrays: pointers are ints, every copy is bounds-checked."""
     rt = types.ModuleType("cuda.bindings.runtime")
@@ -409,12 +419,7 @@ def fake_gpu(monkeypatch, tmp_path):
     calls: list = []
     cudart = fake_cudart(calls)
     engine = FakeEngine(calls, cudart)
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(calls, engine=engine))
-    package = types.ModuleType("cuda.bindings")
-    package.runtime = cudart
-    monkeypatch.setitem(sys.modules, "cuda", types.ModuleType("cuda"))
-    monkeypatch.setitem(sys.modules, "cuda.bindings", package)
-    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cudart)
+    install_fakes(monkeypatch, fake_tensorrt(calls, engine=engine), cudart)
     plan = tmp_path / "x.plan"
     plan.write_bytes(b"fake plan")
     return calls, cudart, plan
@@ -685,12 +690,7 @@ def onnx_backed_trt(monkeypatch, engines_fp32, tmp_path):
     def engine(plan_bytes):
         return OnnxBackedEngine(graphs[plan_bytes.decode().split(":", 1)[1]], cudart, state["mode"])
 
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(calls, engine=engine))
-    package = types.ModuleType("cuda.bindings")
-    package.runtime = cudart
-    monkeypatch.setitem(sys.modules, "cuda", types.ModuleType("cuda"))
-    monkeypatch.setitem(sys.modules, "cuda.bindings", package)
-    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cudart)
+    install_fakes(monkeypatch, fake_tensorrt(calls, engine=engine), cudart)
     monkeypatch.setattr("sfedge.export.tensorrt.gpu_info", lambda: None)
     # the fake parser hands out the tiny graphs' own input shapes
     monkeypatch.setitem(NETWORK_INPUTS, "vision.onnx", [("pixel_values", (-1, 3, 336, 336))])
