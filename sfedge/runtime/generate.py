@@ -86,7 +86,7 @@ class Decoder:
         self.step_binding.bind_ortvalue_output("embeds", self.embeds)
         self.length = 0  # tokens now in the cache
         self.items: list = []  # what each cached position holds: prompt items, then fed-back token ids
-        self.bytes_per_token = sum(num_kv_heads * head_dim * np.dtype(self.dtype).itemsize for _ in self.past_names)
+        self.bytes_per_token = len(self.past_names) * num_kv_heads * head_dim * np.dtype(self.dtype).itemsize
         if shared:
             self._make_decode_binding()
 

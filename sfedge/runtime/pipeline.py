@@ -181,7 +181,6 @@ class Pipeline:
         self.answerer.prompt_ids(question, options)  # a bad question fails before the video is read
         clip = load_video(video, self.spec.sampling.num_frames)
         timings = {"decode_video": (time.perf_counter() - t0) * 1e3}
-        self._check_frames(len(clip.frames))
         return (yield from self.stream_visual(self.visual(clip.frames, timings), question, options, gen, stop=stop,
                                               record_logits=record_logits, t0=t0, frame_indices=list(clip.indices),
                                               num_frames_total=int(clip.total), timings=timings, cancelled=cancelled))
@@ -192,7 +191,6 @@ class Pipeline:
                       ) -> Generator[str, None, AskResult]:
         """`stream` over exactly these frames (see `ask_frames`); `keys`: their `frame_key`s, if known."""
         t0 = time.perf_counter()
-        self._check_frames(len(frames))
         timings: dict[str, float] = {}
         return (yield from self.stream_visual(self.visual(frames, timings, keys), question, options, gen, stop=stop,
                                               record_logits=record_logits, t0=t0, timings=timings,
