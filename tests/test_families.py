@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 
 import numpy as np
 import onnxruntime as ort
@@ -87,8 +88,8 @@ def test_three_blocks_with_text_between_equal_the_numpy_construction(tmp_path, v
                       ort.OrtValue.ortvalue_from_numpy(table), "cpu")
     on_device = ort.OrtValue.ortvalue_from_numpy(visual)
 
-    class DeviceTensor:  # as TrtEngine hands out: a pointer, a shape, a dtype (read in place)
-        ptr, shape, dtype = visual.ctypes.data, visual.shape, visual.dtype
+    class DeviceTensor:  # as TrtEngine hands out: a pointer, a shape, a dtype (read in place on its device)
+        ptr, shape, dtype, engine = visual.ctypes.data, visual.shape, visual.dtype, types.SimpleNamespace(device="cpu")
 
     for start in range(len(plan.items)):  # every prefix the cache may hold already
         for given in (visual, on_device, DeviceTensor()):
