@@ -2,7 +2,7 @@
 side with the LLM step alone on one Decoder (sfedge/bench/greedy_step.py), for each engines directory
 given; one JSON object per line, then a summary object on the last line.
 
-    python scripts/greedy_step_cost.py ENGINES [ENGINES ...] [--provider cpu] [--cuda-graph]
+    python scripts/greedy_step_cost.py ENGINES [ENGINES ...] [--provider cpu] [--cuda-graph off|on|both]
         [--tokens 32] [--rounds 5] [--prompt 64]
 """
 
@@ -20,21 +20,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("engines", nargs="+")
     ap.add_argument("--provider", default="cpu")
-    ap.add_argument("--cuda-graph", action="store_true", help="also measure with the decode step captured (cuda)")
+    ap.add_argument("--cuda-graph", choices=("off", "on", "both"), default="off",
+                    help="capture the decode step and the greedy step in CUDA graphs (cuda provider)")
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--prompt", type=int, default=64)
     args = ap.parse_args()
     results = []
     for eng in args.engines:
-        for graph in ([False, True] if args.cuda_graph else [False]):
+        for graph in {"off": [False], "on": [True], "both": [False, True]}[args.cuda_graph]:
             r = measure_engines(eng, args.provider, cuda_graph=graph, tokens=args.tokens, rounds=args.rounds,
                                 prompt_positions=args.prompt)
             print(json.dumps(r), flush=True)
             results.append(r)
-    print(json.dumps({"machine": f"{platform.machine()} {os.cpu_count()} cores", "results": [
-        {k: r[k] for k in ("engines", "precision", "num_layers", "vocab", "hidden", "cuda_graph")} | r["medians_ms"]
-        for r in results]}))
+    print(json.dumps({"machine": f"{platform.machine()} {os.cpu_count()} cores", "results": results}))
 
 
 if __name__ == "__main__":
