@@ -196,6 +196,9 @@ def test_dry_run_on_cpu_with_the_toy_preset(tmp_path, engines_fp32, pipeline_fp3
     bad = {k: v for k, v in state["steps"].items() if v["status"] != DONE}
     assert not bad and "validate-tiny-cuda" not in state["steps"], (bad, (work / "results" / "plan.log").read_text()[-4000:])
     assert state["steps"]["cuda-tokens"]["result"]["match"] == {"cpu": True}
+    greedy = state["steps"]["greedy-cost"]["result"]  # the tiny carried engines, then the L1 fp16 engines
+    assert [r["vocab"] for r in greedy["runs"]] == [1024, 2048] and not greedy["captured_errors"]
+    assert all(r["tokens_checked"] == 33 and r["medians_ms"]["loop_greedy_ms"] > 0 for r in greedy["runs"])
     assert state["steps"]["gpu-tests"]["result"]["skipped"] == state["steps"]["gpu-tests"]["result"]["tests"] > 0
     bench = state["steps"]["bench-fp16-L1"]["result"]
     assert bench["reference"] is not None and bench["speedup"]["ttft"] > 0
