@@ -6,8 +6,9 @@ session, and reads the token id (8 bytes) back. Folding ArgMax + Gather into the
 save that second run's fixed cost (a session run: dispatch, and on a GPU a launch and a stream
 synchronisation) but not its compute (an ArgMax over V logits, a Gather of D values) nor the read.
 
-`measure` times, side by side on one Decoder (the production loop's own functions, nothing
-re-implemented), in rounds that alternate which mode goes first:
+`measure` times, side by side on one Decoder (the production loop's `prefill` and `decode_one`;
+`next_token`'s greedy branch, two lines, is inlined to time its run and its read apart), in rounds
+that alternate which mode goes first:
 
 * loop: per token `decode_one` (timed as `llm_ms`), the greedy session run (`greedy_ms`), the token
   read (`read_ms`); `step_ms` is the whole step as `generate` runs it;
@@ -16,7 +17,8 @@ re-implemented), in rounds that alternate which mode goes first:
 each round after a fresh prefill of the same prompt, so both modes decode the same positions.
 Medians over every token of every round. Before timing, the loop's tokens are checked against
 `generate` (the production greedy loop) on the same prompt and against the host argmax of the
-logits at every step: a measurement of a loop that decodes something else is refused.
+logits at every step, and every timed loop round must give those tokens again: a measurement of a
+loop that decodes something else is refused.
 
 Only the LLM is opened (`open_decoder`): no vision engine, so a real-width decoder loads in seconds.
 """
@@ -50,9 +52,9 @@ def open_decoder(engines: str | Path, provider: str = "cpu", *, cuda_graph: bool
                     fp16=manifest.get("precision") == "fp16", mem_reuse=shared,
                     cuda_graph=cuda_graph and shared and provider == "cuda")
     table = np.load(root / comps["embeddings"]["path"], mmap_mode="r")
-    return Decoder(llm, table, root / comps["greedy_step"]["path"], kv_names=_kv_names(comps["llm"], model["num_layers"]),
-                   num_kv_heads=model["num_kv_heads"], head_dim=model["head_dim"], max_length=model["max_length"],
-                   shared=shared)
+    return Decoder(llm, table, root / comps["greedy_step"]["path"],
+                   kv_names=_kv_names(comps["llm"], model["num_layers"]), num_kv_heads=model["num_kv_heads"],
+                   head_dim=model["head_dim"], max_length=model["max_length"], shared=shared)
 
 
 def _prompt(dec, positions: int, seed: int = 0) -> np.ndarray:
