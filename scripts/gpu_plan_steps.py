@@ -241,8 +241,12 @@ def greedy_cost(work: Path, cfg: dict) -> dict:
         print(json.dumps(out["runs"][-1]), flush=True)
         if cfg["provider"] != "cuda":
             continue
-        p = subprocess.run([sys.executable, str(ROOT / "scripts" / "greedy_step_cost.py"), str(eng), "--provider",
-                            "cuda", "--cuda-graph", "on"], capture_output=True, text=True, timeout=180)
+        try:
+            p = subprocess.run([sys.executable, str(ROOT / "scripts" / "greedy_step_cost.py"), str(eng), "--provider",
+                                "cuda", "--cuda-graph", "on"], capture_output=True, text=True, timeout=90)
+        except subprocess.TimeoutExpired:
+            out["captured_errors"].append({"engines": str(eng), "rc": None, "stderr": "timed out after 90 s"})
+            continue
         print(p.stdout[-3000:], p.stderr[-3000:])
         if p.returncode == 0:
             out["runs"] += json.loads(p.stdout.strip().splitlines()[-1])["results"]
