@@ -111,12 +111,16 @@ class ComponentSpec:
                 for io in self.inputs + self.outputs}
 
 
-def vision_spec(hidden: int, max_frames: int, io_dtype: str = "float32", out_dtype: str = "float32") -> ComponentSpec:
-    """pixel_values [T,3,336,336] -> features [T,576,D]."""
+VISION_INPUT = "frames"
+VISION_LAYOUT = "NHWC"  # [T, height, width, RGB]: as the host's resize leaves the frames
+
+
+def vision_spec(hidden: int, max_frames: int, out_dtype: str = "float32") -> ComponentSpec:
+    """frames uint8 [T,336,336,3] (resized RGB, NHWC; normalised inside) -> features [T,576,D]."""
     t = {"T": (1, max_frames)}
     return ComponentSpec(
         "vision", "vision.onnx",
-        (IOSpec("pixel_values", io_dtype, ("T", 3, IMAGE_SIZE, IMAGE_SIZE), t),),
+        (IOSpec(VISION_INPUT, "uint8", ("T", IMAGE_SIZE, IMAGE_SIZE, 3), t),),
         (IOSpec("features", out_dtype, ("T", TOKENS_PER_FRAME, hidden), t),),
     )
 

@@ -1,4 +1,11 @@
-"""The vision graph: pixel_values [T,3,336,336] -> features [T,576,D].
+"""The vision graph: frames uint8 [T,336,336,3] -> features [T,576,D].
+
+The graph takes the frames as the host's resize leaves them (PIL bicubic, SPEC 2: uint8, NHWC,
+RGB) and does the rest of SPEC 2's preprocessing itself (`FrameNormalisation`: cast to float32,
+NHWC -> NCHW, /255, CLIP mean / std, in float32, in the same order as the host's
+`runtime.preprocess.normalise`), so the host does no per-pixel float work and a quarter of the
+bytes cross to the device (manifest schema 2). The PyTorch reference is untouched: it still takes
+the host-normalised float pixels, which is how validation checks the in-graph normalisation.
 
 `VisionEncoder` is CLIP truncated where LLaVA reads it (SPEC 3): embeddings, pre-layernorm,
 encoder layers up to the one that produces hidden_states[vision_feature_layer] (-2: all but the
@@ -18,16 +25,46 @@ import torch
 from torch import nn
 
 from ..errors import SfedgeError
-from ..spec import IMAGE_SIZE
+from ..spec import IMAGE_SIZE, PreprocessSpec
 from .graphs import export_onnx
 from .registry import ComponentSpec, vision_spec
+
+
+class FrameNormalisation(nn.Module):
+    """uint8 [T, S, S, 3] -> float32 [T, 3, S, S]: (x / 255 - mean[c]) / std[c] in float32 (SPEC 2).
+
+    The Cast comes first (TensorRT takes uint8 network inputs only into a cast), then the transpose.
+    Each step is one correctly rounded float32 operation with the same operands as
+    `runtime.preprocess._normalisation_table`, so the result equals the host's bit for bit unless
+    a backend rewrites the arithmetic (tests/test_vision_uint8.py measures it)."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        x = frames.to(torch.float32).permute(0, 3, 1, 2)
+        return (x / 255.0 - self.mean) / self.std
+
+
+class FramesVision(nn.Module):
+    """`FrameNormalisation` then `VisionEncoder`: the module exported as vision.onnx."""
+
+    def __init__(self, encoder: "VisionEncoder", mean, std):
+        super().__init__()
+        self.normalise = FrameNormalisation(mean, std)
+        self.encoder = encoder
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.normalise(frames))
 
 
 class VisionEncoder(nn.Module):
     """CLIP through hidden_states[feature_layer] with CLS dropped, then the LLaVA projector.
 
-    `dtype` float16 makes an fp16 copy of the weights; the graph still takes float32 pixels
-    (cast inside) so the preprocessing contract does not change, and returns float16 features."""
+    `dtype` float16 makes an fp16 copy of the weights; the pixels are normalised in float32 and
+    cast inside, and the features are float16."""
 
     def __init__(self, vision_tower: nn.Module, projector: nn.Module, feature_layer: int = -2,
                  dtype: torch.dtype = torch.float32):
@@ -70,12 +107,15 @@ def build_vision(llava: nn.Module, dtype: torch.dtype = torch.float32) -> Vision
     return VisionEncoder(tower, projector, layer, dtype).eval()
 
 
-def export_vision(llava: nn.Module, max_frames: int, out_dir: Path,
-                  dtype: torch.dtype = torch.float32) -> tuple[Path, ComponentSpec]:
-    """Write out_dir/vision.onnx (+ .data) and return (path, ComponentSpec). Pixels stay float32;
-    features are float32 or float16 (`dtype`). The dummy has 2 frames, a shape validation never uses."""
-    module = build_vision(llava, dtype)
-    spec = vision_spec(llava.config.text_config.hidden_size, max_frames, "float32",
+def export_vision(llava: nn.Module, max_frames: int, out_dir: Path, dtype: torch.dtype = torch.float32,
+                  preprocess: PreprocessSpec = PreprocessSpec()) -> tuple[Path, ComponentSpec]:
+    """Write out_dir/vision.onnx (+ .data) and return (path, ComponentSpec). Frames are uint8 NHWC,
+    normalised inside with `preprocess`'s mean / std; features are float32 or float16 (`dtype`).
+    The dummy has 2 frames, a shape validation never uses."""
+    if preprocess.size != IMAGE_SIZE:
+        raise SfedgeError(f"the vision graph takes {IMAGE_SIZE}x{IMAGE_SIZE} frames, not {preprocess.size}")
+    module = FramesVision(build_vision(llava, dtype), preprocess.mean, preprocess.std).eval()
+    spec = vision_spec(llava.config.text_config.hidden_size, max_frames,
                        "float16" if dtype == torch.float16 else "float32")
-    dummy = torch.randn(min(max_frames, 2), 3, IMAGE_SIZE, IMAGE_SIZE)
+    dummy = torch.randint(0, 256, (min(max_frames, 2), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=torch.uint8)
     return export_onnx(module, dummy, spec, out_dir), spec
