@@ -89,10 +89,11 @@ class IOSpec:
     dtype: str
     shape: tuple
     dynamic: dict = field(default_factory=dict)
+    layout: str | None = None  # what the axes mean where it matters to the caller ("NHWC")
 
     def to_dict(self) -> dict:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape),
-                "dynamic": {k: list(v) for k, v in self.dynamic.items()}}
+                "dynamic": {k: list(v) for k, v in self.dynamic.items()}} | ({"layout": self.layout} if self.layout else {})
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def vision_spec(hidden: int, max_frames: int, out_dtype: str = "float32") -> Com
     t = {"T": (1, max_frames)}
     return ComponentSpec(
         "vision", "vision.onnx",
-        (IOSpec(VISION_INPUT, "uint8", ("T", IMAGE_SIZE, IMAGE_SIZE, 3), t),),
+        (IOSpec(VISION_INPUT, "uint8", ("T", IMAGE_SIZE, IMAGE_SIZE, 3), t, VISION_LAYOUT),),
         (IOSpec("features", out_dtype, ("T", TOKENS_PER_FRAME, hidden), t),),
     )
 

@@ -107,6 +107,12 @@ def build_vision(llava: nn.Module, dtype: torch.dtype = torch.float32) -> Vision
     return VisionEncoder(tower, projector, layer, dtype).eval()
 
 
+def normalisation_record(preprocess: PreprocessSpec) -> dict:
+    """What the manifest records about the graph's own normalisation (schema 2)."""
+    return {"in_graph": True, "formula": "(x / 255 - mean[c]) / std[c], float32", "mean": list(preprocess.mean),
+            "std": list(preprocess.std)}
+
+
 def export_vision(llava: nn.Module, max_frames: int, out_dir: Path, dtype: torch.dtype = torch.float32,
                   preprocess: PreprocessSpec = PreprocessSpec()) -> tuple[Path, ComponentSpec]:
     """Write out_dir/vision.onnx (+ .data) and return (path, ComponentSpec). Frames are uint8 NHWC,
