@@ -48,18 +48,6 @@ class FrameNormalisation(nn.Module):
         return (x / 255.0 - self.mean) / self.std
 
 
-class FramesVision(nn.Module):
-    """`FrameNormalisation` then `VisionEncoder`: the module exported as vision.onnx."""
-
-    def __init__(self, encoder: "VisionEncoder", mean, std):
-        super().__init__()
-        self.normalise = FrameNormalisation(mean, std)
-        self.encoder = encoder
-
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.normalise(frames))
-
-
 class VisionEncoder(nn.Module):
     """CLIP through hidden_states[feature_layer] with CLS dropped, then the LLaVA projector.
 
@@ -67,8 +55,9 @@ class VisionEncoder(nn.Module):
     cast inside, and the features are float16."""
 
     def __init__(self, vision_tower: nn.Module, projector: nn.Module, feature_layer: int = -2,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, normalise: nn.Module | None = None):
         super().__init__()
+        self.normalise = normalise  # FrameNormalisation: uint8 frames in; None: normalised pixels in
         tower = getattr(vision_tower, "vision_model", vision_tower)  # transformers 4 nests it
         layers = tower.encoder.layers
         # hidden_states has len(layers) + 1 entries (embeddings first): index k is the output of layers[:k]
@@ -81,8 +70,10 @@ class VisionEncoder(nn.Module):
         self.projector = projector
         self.compute_dtype = dtype
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        h = self.embeddings(pixel_values.to(self.compute_dtype))
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.normalise is not None:
+            pixels = self.normalise(pixels)
+        h = self.embeddings(pixels.to(self.compute_dtype))
         h = self.pre_layrnorm(h)
         for layer in self.layers:
             out = layer(h, None)
@@ -90,8 +81,10 @@ class VisionEncoder(nn.Module):
         return self.projector(h[:, 1:])
 
 
-def build_vision(llava: nn.Module, dtype: torch.dtype = torch.float32) -> VisionEncoder:
-    """The truncated encoder from a LlavaNextForConditionalGeneration (transformers 4 or 5 layout).
+def build_vision(llava: nn.Module, dtype: torch.dtype = torch.float32,
+                 preprocess: PreprocessSpec | None = None) -> VisionEncoder:
+    """The truncated encoder from a LlavaNextForConditionalGeneration (transformers 4 or 5 layout);
+    with `preprocess`, it takes uint8 NHWC frames and normalises them with its mean / std first.
 
     For fp16 the tower and projector are deep-copied before `.half()` so the caller's fp32
     reference stays untouched."""
@@ -104,7 +97,8 @@ def build_vision(llava: nn.Module, dtype: torch.dtype = torch.float32) -> Vision
         raise SfedgeError("only vision_feature_select_strategy 'default' (CLS dropped) is supported")
     if dtype != torch.float32:
         tower, projector = copy.deepcopy(tower).to(dtype), copy.deepcopy(projector).to(dtype)
-    return VisionEncoder(tower, projector, layer, dtype).eval()
+    normalise = None if preprocess is None else FrameNormalisation(preprocess.mean, preprocess.std)
+    return VisionEncoder(tower, projector, layer, dtype, normalise).eval()
 
 
 def normalisation_record(preprocess: PreprocessSpec) -> dict:
@@ -120,7 +114,7 @@ def export_vision(llava: nn.Module, max_frames: int, out_dir: Path, dtype: torch
     The dummy has 2 frames, a shape validation never uses."""
     if preprocess.size != IMAGE_SIZE:
         raise SfedgeError(f"the vision graph takes {IMAGE_SIZE}x{IMAGE_SIZE} frames, not {preprocess.size}")
-    module = FramesVision(build_vision(llava, dtype), preprocess.mean, preprocess.std).eval()
+    module = build_vision(llava, dtype, preprocess)
     spec = vision_spec(llava.config.text_config.hidden_size, max_frames,
                        "float16" if dtype == torch.float16 else "float32")
     dummy = torch.randint(0, 256, (min(max_frames, 2), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=torch.uint8)
