@@ -140,3 +140,48 @@ def test_schema_refusal_from_a_real_process(engines_fp32, short_clips, tmp_path)
     assert run.stderr.count("\n") == 1 and "re-export them with this sfedge" in run.stderr
     with pytest.raises(Exception, match="older sfedge"):
         load_manifest(old, verify_files=False)
+
+
+def test_pinned_upload_through_onnxruntimes_allocators(monkeypatch):
+    """No GPU here: ONNX Runtime's calls are recorded by a fake module. Proves the CUDA EP's
+    HOST_ACCESSIBLE memory info is what the staging buffer is allocated with, that buffers are made
+    once per shape, and that each call copies numpy -> pinned -> device (the device value is bound)."""
+    import types
+
+    import sfedge.runtime.upload as upload
+
+    calls = []
+
+    class Value:
+        def __init__(self, shape, dtype, where):
+            self.shape, self.dtype, self.where, self.data = tuple(shape), dtype, where, None
+            calls.append(("alloc", where, self.shape))
+
+        def update_inplace(self, src):
+            self.data = np.array(src.data if isinstance(src, Value) else src)
+            calls.append(("copy", getattr(src, "where", "numpy"), self.where))
+
+    def alloc(shape, dtype, device_type="cpu", device_id=0, memory_info=None):
+        return Value(shape, dtype, memory_info or f"{device_type}:{device_id}")
+
+    cuda = types.SimpleNamespace(ep_name="CUDAExecutionProvider", device=types.SimpleNamespace(device_id=lambda: 0),
+                                 memory_info=lambda kind: "pinned" if kind == "HOST_ACCESSIBLE" else "device")
+    fake = types.SimpleNamespace(get_ep_devices=lambda: [types.SimpleNamespace(ep_name="CPUExecutionProvider"), cuda],
+                                 OrtDeviceMemoryType=types.SimpleNamespace(HOST_ACCESSIBLE="HOST_ACCESSIBLE"),
+                                 OrtValue=types.SimpleNamespace(ortvalue_from_shape_and_type=alloc))
+    monkeypatch.setattr(upload, "ort", fake)
+    up = upload.PinnedUpload.create()
+    assert up is not None and up.memory_info == "pinned"
+    frames = np.random.default_rng(0).integers(0, 256, (2, 336, 336, 3), dtype=np.uint8)
+    dev = up(frames)
+    assert dev.where == "cuda:0" and np.array_equal(dev.data, frames)
+    assert up(frames[::-1]) is dev and np.array_equal(dev.data, frames[::-1])  # same buffers, new content
+    up(frames[:1])  # another frame count: new buffers
+    assert [c for c in calls if c[0] == "alloc"] == [("alloc", "pinned", (2, 336, 336, 3)), ("alloc", "cuda:0", (2, 336, 336, 3)),
+                                                     ("alloc", "pinned", (1, 336, 336, 3)), ("alloc", "cuda:0", (1, 336, 336, 3))]
+    assert [c for c in calls if c[0] == "copy"] == [("copy", "numpy", "pinned"), ("copy", "pinned", "cuda:0")] * 3
+    # an onnxruntime without the EP-device API, or without a CUDA EP device: pageable copies (None)
+    monkeypatch.setattr(upload, "ort", types.SimpleNamespace())
+    assert upload.PinnedUpload.create() is None
+    monkeypatch.setattr(upload, "ort", types.SimpleNamespace(get_ep_devices=lambda: [], OrtDeviceMemoryType=fake.OrtDeviceMemoryType))
+    assert upload.PinnedUpload.create() is None
