@@ -164,7 +164,7 @@ def test_pinned_upload_through_onnxruntimes_allocators(monkeypatch):
     def alloc(shape, dtype, device_type="cpu", device_id=0, memory_info=None):
         return Value(shape, dtype, memory_info or f"{device_type}:{device_id}")
 
-    cuda = types.SimpleNamespace(ep_name="CUDAExecutionProvider", device=types.SimpleNamespace(device_id=lambda: 0),
+    cuda = types.SimpleNamespace(ep_name="CUDAExecutionProvider",
                                  memory_info=lambda kind: "pinned" if kind == "HOST_ACCESSIBLE" else "device")
     fake = types.SimpleNamespace(get_ep_devices=lambda: [types.SimpleNamespace(ep_name="CPUExecutionProvider"), cuda],
                                  OrtDeviceMemoryType=types.SimpleNamespace(HOST_ACCESSIBLE="HOST_ACCESSIBLE"),
@@ -185,3 +185,20 @@ def test_pinned_upload_through_onnxruntimes_allocators(monkeypatch):
     assert upload.PinnedUpload.create() is None
     monkeypatch.setattr(upload, "ort", types.SimpleNamespace(get_ep_devices=lambda: [], OrtDeviceMemoryType=fake.OrtDeviceMemoryType))
     assert upload.PinnedUpload.create() is None
+
+
+def test_encoder_refuses_a_float_input_vision_engine():
+    """An engine whose vision input is still float32 pixels (a schema-1 graph under a hand-edited
+    manifest) is refused when the encoder opens, in one line."""
+    import types
+
+    from sfedge.errors import SfedgeError
+    from sfedge.runtime.encoder import Encoder
+    from sfedge.runtime.engines import TensorInfo
+    from sfedge.spec import PreprocessSpec
+
+    old = types.SimpleNamespace(inputs={"pixel_values": TensorInfo("pixel_values", np.float32, (None, 3, 336, 336))},
+                                device="cpu")
+    with pytest.raises(SfedgeError, match=r"float32 \[None, 3, 336, 336\], not uint8 .*re-export") as e:
+        Encoder(old, PreprocessSpec())
+    assert "\n" not in str(e.value)

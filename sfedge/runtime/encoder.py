@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import SfedgeError
 from ..spec import PreprocessSpec
-from .engines import Engine
+from .engines import Engine, OrtEngine
 from .preprocess import resize_frames
 from .upload import PinnedUpload
 
@@ -45,9 +45,9 @@ class Encoder:
             raise SfedgeError(f"the vision engine's input {self._input} is {np.dtype(info.dtype).name} "
                               f"{list(info.shape)}, not uint8 [T, {spec.size}, {spec.size}, 3] frames: re-export the "
                               f"engines with this sfedge (`sfedge export ... --force`)")
-        # CUDA + ONNX Runtime only: TrtEngine copies with its own stream, the CPU binds the array itself
-        cuda_ort = getattr(vision, "provider", None) == "cuda" and hasattr(vision, "bind_input")
-        self._pinned = PinnedUpload.create() if cuda_ort else None
+        # ONNX Runtime on the GPU (CUDA or TensorRT EP) only: a native TrtEngine copies with its own
+        # stream, and on the CPU the array is bound as it is
+        self._pinned = PinnedUpload.create() if isinstance(vision, OrtEngine) and vision.device == "cuda" else None
         self.upload = "pinned" if self._pinned else "pageable" if vision.device == "cuda" else "host"
 
     def encode(self, frames: Sequence[np.ndarray], *, on_device: bool = False,

@@ -1,6 +1,6 @@
 """Host -> CUDA copies of the vision engine's uint8 frames through page-locked (pinned) memory.
 
-A numpy array bound to a CUDA session (`OrtValue.ortvalue_from_numpy(arr, "cuda")`) is copied from
+A numpy array bound to a CUDA (or TensorRT EP) session (`OrtValue.ortvalue_from_numpy(arr, "cuda")`) is copied from
 pageable memory: the driver first copies it into a pinned bounce buffer of its own, then DMAs it,
 synchronously. `PinnedUpload` instead keeps, per frame count, one pinned host OrtValue and one
 device OrtValue, both made by ONNX Runtime's own allocators (no CUDA calls here):
@@ -20,7 +20,8 @@ pinned-DMA speed, and the host memcpy into the staging buffer stays (cheap next 
 
 Where the CUDA EP exposes no host-accessible memory info (older onnxruntime-gpu, or an EP library not
 registered as an EP device) `PinnedUpload.create` returns None and the engine copies from pageable
-memory as before; `Encoder.upload` says which path is in use. The CPU provider never uses this.
+memory as before; `Encoder.upload` says which path is in use. The CPU provider never uses this, nor
+does a native TensorRT plan (`trt_engine.py` copies with its own stream).
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ import numpy as np
 import onnxruntime as ort
 
 
-def pinned_memory_info(device_id: int = 0):
-    """The CUDA EP's host-accessible (pinned) OrtMemoryInfo for GPU `device_id`, or None where this
-    onnxruntime does not expose one."""
+def pinned_memory_info():
+    """The CUDA EP's host-accessible (pinned) OrtMemoryInfo, or None where this onnxruntime does not
+    expose one. (An OrtEpDevice's hardware `device_id` is the PCI device id, not the CUDA ordinal, and
+    pinned host memory is usable with any GPU, so the first CUDA EP device that offers it is taken.)"""
     kind = getattr(ort, "OrtDeviceMemoryType", None)
     if kind is None or not hasattr(ort, "get_ep_devices"):
         return None
@@ -40,11 +42,6 @@ def pinned_memory_info(device_id: int = 0):
     except Exception:  # noqa: BLE001 - an onnxruntime without EP devices: pageable copies
         return None
     for d in devices:
-        try:
-            if d.device.device_id() not in (device_id, None):
-                continue
-        except Exception:  # noqa: BLE001 - a device without an id: take it
-            pass
         try:
             info = d.memory_info(kind.HOST_ACCESSIBLE)
         except Exception:  # noqa: BLE001
@@ -66,7 +63,7 @@ class PinnedUpload:
 
     @classmethod
     def create(cls, device_id: int = 0) -> "PinnedUpload | None":
-        info = pinned_memory_info(device_id)
+        info = pinned_memory_info()
         return None if info is None else cls(info, device_id)
 
     def __call__(self, array: np.ndarray) -> ort.OrtValue:
