@@ -40,7 +40,8 @@ Torch-free. Schema (version 2; version 1 engines took normalised float32 pixel_v
         {"name": "frames", "dtype": "uint8", "shape": ["T", 336, 336, 3], "layout": "NHWC",
          "dynamic": {"T": [1, 64]}}
     and the vision component records what the graph does to them:
-        "normalisation": {"in_graph": true, "scale": "1/255", "mean": [...], "std": [...]}
+        "normalisation": {"in_graph": true, "formula": "(x / 255 - mean[c]) / std[c], float32",
+                          "mean": [...], "std": [...]}
 
 Extensions written by `sfedge export` (sfedge/export/), all under schema version 2:
 
@@ -201,8 +202,12 @@ def load_manifest(root: Path, verify_files: bool = True, *, trust_stamps: bool =
 
 def reexport_command(root: Path, manifest: dict) -> str:
     """The `sfedge export` command line that rebuilds `root` from what its manifest records (the
-    checkpoint, precision, device, max frames, non-default SlowFast settings); MODEL where it
-    records no checkpoint."""
+    checkpoint, precision, device, max frames, context, non-default SlowFast settings); MODEL where
+    it records no checkpoint."""
+    from dataclasses import asdict
+
+    from .spec import SlowFastSpec
+
     def get(block, key):
         return block.get(key) if isinstance(block, dict) else None
 
@@ -210,11 +215,8 @@ def reexport_command(root: Path, manifest: dict) -> str:
     model = name if isinstance(name, str) and name.startswith("tiny") else get(source, "checkpoint") or name
     parts = ["sfedge export", str(model) if model else "MODEL", str(root)]
     flags = {"--precision": manifest.get("precision"), "--device": manifest.get("device"),
-             "--max-frames": get(manifest.get("model"), "max_frames")}
-    from dataclasses import asdict
-
-    from .spec import SlowFastSpec
-
+             "--max-frames": get(manifest.get("model"), "max_frames"),
+             "--max-context": get(manifest.get("context"), "max_context")}
     slowfast = get(manifest.get("pipeline"), "slowfast")
     for key, default in asdict(SlowFastSpec()).items():
         if get(slowfast, key) not in (None, default):

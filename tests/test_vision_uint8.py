@@ -128,7 +128,8 @@ def test_schema_1_engines_are_refused_in_one_line(command, engines_fp32, short_c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "schema_version 1" in err[0], err
     ckpt = load_manifest(engines_fp32, verify_files=False)["source"]["checkpoint"]
-    assert f"`sfedge export {ckpt} {old} --precision fp32 --device cpu --max-frames 64 --force`" in err[0]
+    context = load_manifest(engines_fp32, verify_files=False)["context"]["max_context"]
+    assert f"`sfedge export {ckpt} {old} --precision fp32 --device cpu --max-frames 64 --max-context {context} --force`" in err[0]
 
 
 def test_schema_refusal_from_a_real_process(engines_fp32, short_clips, tmp_path):

@@ -2,9 +2,9 @@
 
 The host resizes (PIL bicubic, `preprocess.resize_frames`) to uint8 [T, 336, 336, 3]; the vision
 engine (manifest schema 2) takes those bytes, normalises them itself (/255, CLIP mean / std) and runs
-CLIP through layer -2, CLS dropped, and the projector. On the CUDA provider the frames go up
-through a pinned staging buffer (`upload.PinnedUpload`) where ONNX Runtime offers one. Nothing here knows about questions, pooling or the LLM: `ask` encodes a
-sampled clip at once, `watch` encodes each frame once as it arrives and keeps its features.
+CLIP through layer -2, CLS dropped, and the projector. On a GPU (ONNX Runtime's CUDA or TensorRT
+EP) the frames go up through a pinned staging buffer (`upload.PinnedUpload`) where ONNX Runtime
+offers one. Nothing here knows about questions, pooling or the LLM: `ask` encodes a sampled clip at once, `watch` encodes each frame once as it arrives and keeps its features.
 
 Frames are identified by content (`frame_key`), never by where they came from: the answer stage's
 prefix cache recognises visual tokens it has seen by these keys.
