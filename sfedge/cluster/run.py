@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import tempfile
 import threading
 
 from ..errors import SfedgeError
@@ -32,7 +33,14 @@ def serve_on_ray(config: ClusterConfig, host: str, port: int, *, ray_address: st
     if ray_address:
         ray.init(address=ray_address, **common)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), object_store_memory=object_store_mb * 2**20, **common)
+        try:
+            ray.init(num_cpus=num_cpus or os.cpu_count(), object_store_memory=object_store_mb * 2**20,
+                     _node_ip_address="127.0.0.1", **common)  # a cluster of this machine alone, on loopback
+        except OSError as e:
+            if "path length" not in str(e):
+                raise
+            raise SfedgeError(f"cannot start Ray: its socket paths under {tempfile.gettempdir()} are too long "
+                              "(AF_UNIX: 107 bytes): set RAY_TMPDIR to a short directory, e.g. /tmp/ray") from None
     try:
         check_resources(config, ray.cluster_resources())
         log.info("ray cluster at %s", ray.get_runtime_context().gcs_address)
