@@ -26,7 +26,7 @@ from ray.serve.exceptions import BackPressureError
 
 from ..serve.metrics import Metrics
 from ..serve.worker import Job, QueueFull, Unavailable
-from .config import APP_NAME, ENGINE
+from .config import ENGINE
 
 log = logging.getLogger("sfedge.cluster")
 REPLICA_HEADER = "X-Sfedge-Replica"
@@ -68,7 +68,7 @@ class RayBackend:
 
     def health(self) -> dict:
         """The engine replicas by state (Ray Serve's controller); Unavailable when none is running."""
-        status = serve.status().applications[APP_NAME].deployments[ENGINE]
+        status = serve.status().applications[serve.get_replica_context().app_name].deployments[ENGINE]
         states = {str(getattr(k, "value", k)): n for k, n in status.replica_states.items()}
         if not states.get("RUNNING"):
             raise Unavailable(f"no engine replica is running ({states or 'none yet'})")

@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from ray import serve
+from ray.serve import metrics as ray_metrics
 
 from ..errors import SfedgeError
 from ..serve.metrics import Metrics
@@ -65,6 +66,13 @@ class Engine:
             return key
 
         self._hold = serve.multiplexed(max_num_models_per_replica=keep)(hold)
+        # Ray's own metrics (each node's metrics export port, tagged with application, deployment, replica)
+        self._answers = ray_metrics.Counter("sfedge_engine_answers", description="answers by outcome (done, "
+                                            "error, cancelled)", tag_keys=("outcome",))
+        self._hits = ray_metrics.Counter("sfedge_engine_prefix_cache_hits",
+                                         description="prompts that reused a cached prefix")
+        self._reused = ray_metrics.Counter("sfedge_engine_prefix_reused_tokens",
+                                           description="prompt positions taken from the prefix cache")
         log.info("replica %s ready (pid %d, %d ONNX Runtime threads)", self.replica, os.getpid(), threads)
 
     async def generate(self, request: dict):
@@ -84,11 +92,19 @@ class Engine:
         try:
             while True:
                 event = await job.events.get()
+                if event[0] in TERMINAL:
+                    self._count(*event)
                 yield event
                 if event[0] in TERMINAL:
                     return
         finally:  # the caller went away (cancelled) or the answer ended: a no-op once the job is done
             self.worker.withdraw(job, "disconnect")
+
+    def _count(self, kind: str, value) -> None:
+        self._answers.inc(tags={"outcome": kind})
+        if kind == "done" and value.reused_prompt_tokens:
+            self._hits.inc()
+            self._reused.inc(value.reused_prompt_tokens)
 
     def _video(self, request: dict) -> tuple[Path, bool]:
         if "data" not in request:
