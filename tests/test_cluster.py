@@ -11,6 +11,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -26,7 +28,7 @@ openai = pytest.importorskip("openai")
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 ray = pytest.importorskip("ray")  # the [cluster] extra
 
-from serve_util import Server
+from serve_util import ROOT, Server
 from sfedge.spec import GenerationSpec
 
 pytestmark = pytest.mark.slow
@@ -125,6 +127,27 @@ def test_follow_ups_reach_the_replica_holding_the_video(cluster, client, pipelin
         assert cluster.metric("sfedge_replica_prefix_cache_hits_total", f'replica="{r}"') == want
     text = httpx.get(f"{cluster.url}/metrics").text
     assert "sfedge_prefix_cache_hits_total" in text and "sfedge_replica_requests_total" in text
+
+
+def test_load_script_short(cluster, short_clips, clip_path):
+    """The CI version of the load comparison: scripts/serve_load.py against the two-replica cluster, two
+    videos alternating, 4 at a time: none failed, no 5xx, and both replicas answered."""
+    before = replica_answers(cluster)
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "serve_load.py"), "--url", cluster.url,
+                          str(short_clips["mp4-3"]), str(clip_path), "--requests", "12", "--concurrency", "4",
+                          "--max-tokens", "6", "--warmup", "2", "--max-rss-growth", "-1", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["ok"] == 12 and report["failed"] == 0 and report["server_errors_5xx"] == 0
+    after = replica_answers(cluster)
+    assert len(after) == 2 and all(after[r] > before.get(r, 0) for r in after), (before, after)
+
+
+def replica_answers(cluster) -> dict[str, float]:
+    text = httpx.get(f"{cluster.url}/metrics", timeout=30).text
+    return {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'^sfedge_replica_requests_total\{outcome="done",replica="([^"]+)"\} (\S+)$', text, re.M)}
 
 
 def _stream_events(cluster, path: Path, n: int, seen_first: threading.Event, out: dict) -> None:

@@ -33,6 +33,8 @@ def serve_on_ray(config: ClusterConfig, host: str, port: int, *, ray_address: st
     if ray_address:
         ray.init(address=ray_address, **common)
     else:
+        if not config.gpu:  # known before starting anything
+            check_resources(config, {"CPU": num_cpus or os.cpu_count()})
         try:
             ray.init(num_cpus=num_cpus or os.cpu_count(), object_store_memory=object_store_mb * 2**20,
                      _node_ip_address="127.0.0.1", **common)  # a cluster of this machine alone, on loopback
