@@ -108,7 +108,8 @@ class RayBackend:
                 call.cancel()
                 raise
             except BackPressureError as e:
-                job.emit("error", QueueFull(max(1, round(e.retry_after_s or 1)), e.max_queued_requests))
+                waiting = e.args[0] if e.args else None  # (num_queued_requests, max_queued_requests, ...)
+                job.emit("error", QueueFull(max(1, round(e.retry_after_s or 1)), waiting))
                 return
             except RayActorError as e:
                 self.replica_requests.labels(replica or "unknown", "retried" if not seen else "error").inc()
