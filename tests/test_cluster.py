@@ -255,5 +255,6 @@ def test_a_replica_killed_mid_load(cluster, client, driver, pipeline_fp32, short
     assert results[a][0].model_extra["sfedge"]["token_ids"] == ref_a.token_ids[:40]
     assert results[b][0].model_extra["sfedge"]["token_ids"] == ref_b.token_ids
     assert cluster.metric("sfedge_replica_requests_total", f'outcome="retried",replica="{victim}"') == 1
+    assert victim not in {results[a][1], results[b][1]}  # the header names the replica that answered in the end
     second_replacement = _wait_replaced(cluster, victim, killed)
     print(f"replica replaced in {first_replacement:.1f} s and {second_replacement:.1f} s")
