@@ -62,3 +62,17 @@ def test_config_args_are_checked(engines_fp32):
         from_args({"engines": str(engines_fp32), "replica": 2})
     with pytest.raises(SfedgeError, match="the args need 'engines'"):
         from_args({"replicas": 2})
+
+
+def test_a_replica_refuses_engines_that_differ_from_the_apps(engines_fp32, tmp_path):
+    """Each replica checks its node's manifest.json against the one the app was built with, before loading."""
+    from sfedge.cluster.engine import Engine
+
+    config = from_args({"engines": str(engines_fp32)})
+    assert len(config.manifest_sha256) == 64
+    config.manifest_sha256 = "0" * 64  # as if another node held an older export at the same path
+    with pytest.raises(SfedgeError, match="differ from the ones the application was built with"):
+        Engine(config)
+    config.serve.engines = tmp_path / "absent"
+    with pytest.raises(SfedgeError, match="this node cannot read the engines"):
+        Engine(config)
