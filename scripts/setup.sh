@@ -24,4 +24,4 @@ else
     pip install -q "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu \
         --extra-index-url https://pypi.org/simple
 fi
-pip install -q -e ".[export,bench,serve,dev]"
+pip install -q -e ".[export,bench,serve,cluster,dev]"
