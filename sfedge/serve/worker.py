@@ -189,10 +189,11 @@ class Worker:
     def _run(self, job: Job) -> None:
         m, task = self.metrics, job.task
         started = time.perf_counter()
+        final: tuple = ("error", RuntimeError("the worker stopped without an answer"))
         try:
             if job.cancelled.is_set():
                 m.cancelled.labels(job.reason).inc()
-                job.emit("cancelled")
+                final = ("cancelled",)
                 return
             m.queue_wait.observe(started - job.submitted)
             m.running.set(1)
@@ -205,10 +206,10 @@ class Worker:
                     if done.value.stop_reason == "cancelled":
                         m.tokens.inc(len(done.value.token_ids))
                         m.cancelled.labels(job.reason).inc()
-                        job.emit("cancelled")
+                        final = ("cancelled",)
                         return
                     m.observe_result(done.value)
-                    job.emit("done", done.value)
+                    final = ("done", done.value)
                     return
                 job.pieces += 1
                 job.emit("piece", piece)
@@ -218,14 +219,15 @@ class Worker:
                     stream.close()  # stops generating now; the decoder stays consistent
                     m.tokens.inc(job.pieces)
                     m.cancelled.labels(job.reason).inc()
-                    job.emit("cancelled")
+                    final = ("cancelled",)
                     return
         except SfedgeError as e:  # named "the video", not by the server's file name for it
-            job.emit("error", SfedgeError(str(e).replace(str(task.video), "the video")))
+            final = ("error", SfedgeError(str(e).replace(str(task.video), "the video")))
         except Exception as e:  # noqa: BLE001 - one request fails, the server stays up
             log.exception("answering failed")
-            job.emit("error", e)
-        finally:
+            final = ("error", e)
+        finally:  # the upload is gone before the client hears the answer is complete
             m.running.set(0)
             task.release()
+            job.emit(*final)
             self._mean_s = 0.8 * self._mean_s + 0.2 * (time.perf_counter() - started)
