@@ -1,0 +1,92 @@
+"""torchvision's bicubic resize of uint8 frames, ported to numpy bit for bit.
+
+VideoLLaMA3's video processor resizes uint8 tensors with `torchvision.transforms.v2.functional.resize`
+(bicubic, antialias=True). On CPU torchvision hands uint8 straight to PyTorch's antialiased kernel
+(`_upsample_bicubic2d_aa`, PyTorch's port of Pillow-SIMD), which differs from PIL's `Image.resize`:
+its int16 weights carry as many fraction bits as fit (PIL: a fixed 22), and it always resamples
+rows first, then columns, through a uint8 intermediate. That kernel, step for step:
+
+* per output pixel i along an axis of `n_in` -> `n_out` pixels: scale = n_in / n_out,
+  support = 2 * max(scale, 1), centre = scale * (i + 0.5), taps from
+  trunc(centre - support + 0.5) (at least 0) to trunc(centre + support + 0.5) (at most n_in),
+  weights Keys' cubic (a = -0.5) at (tap - centre + 0.5) / max(scale, 1), normalised to sum 1;
+* the weights become int16 with `precision` fraction bits: the most bits (< 22) for which the
+  largest weight times 2^(precision+1) stays under 2^15; rounded half away from zero;
+* out = clip((sum(w * x) + 2^(precision-1)) >> precision, 0, 255), rows first (skipped when the
+  width does not change), then columns (skipped when the height does not change).
+
+tests/test_videollama3_preprocess.py checks it against torch.nn.functional.interpolate on uint8.
+Only numpy: the runtime imports this.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+_A = -0.5  # Keys' cubic convolution parameter PyTorch's antialiased bicubic uses (as PIL does)
+
+
+def _cubic(x: np.ndarray) -> np.ndarray:
+    x = np.abs(x)
+    near = ((_A + 2) * x - (_A + 3)) * x * x + 1
+    far = ((_A * x - 5 * _A) * x + 8 * _A) * x - 4 * _A
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
+@lru_cache(maxsize=64)
+def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(first tap [n_out], int weights [n_out, k] (zero past each pixel's taps), precision) for one axis."""
+    scale = n_in / n_out
+    support = 2.0 * scale if scale >= 1.0 else 2.0
+    invscale = 1.0 / scale if scale >= 1.0 else 1.0
+    k = int(np.ceil(support)) * 2 + 1
+    centre = scale * (np.arange(n_out) + 0.5)
+    first = np.maximum((centre - support + 0.5).astype(np.int64), 0)  # C++ casts truncate
+    last = np.minimum((centre + support + 0.5).astype(np.int64), n_in)
+    count = np.clip(last - first, 0, k)
+    j = np.arange(k)
+    weights = _cubic((first[:, None] + j[None, :] - centre[:, None] + 0.5) * invscale)
+    weights = np.where(j[None, :] < count[:, None], weights, 0.0)
+    total = weights.sum(axis=1, keepdims=True)
+    weights = np.divide(weights, total, out=np.zeros_like(weights), where=total != 0)
+    w_max = weights.max()
+    precision = 0
+    while precision < 22 and int(0.5 + w_max * (1 << (precision + 1))) < (1 << 15):
+        precision += 1
+    scaled = weights * (1 << precision)
+    ints = np.where(scaled < 0, np.trunc(scaled - 0.5), np.trunc(scaled + 0.5)).astype(np.int32)
+    return first, ints, precision
+
+
+def _resample(x: np.ndarray, axis: int, n_out: int) -> np.ndarray:
+    """One pass along `axis` of a uint8 array."""
+    n_in = x.shape[axis]
+    first, weights, precision = _taps(n_in, n_out)
+    k = weights.shape[1]
+    x = np.moveaxis(x, axis, 0)
+    # taps past the input's end have weight 0: clamping their index keeps the gather in bounds
+    index = np.minimum(first[:, None] + np.arange(k)[None, :], n_in - 1)  # [n_out, k]
+    acc = np.full((n_out,) + x.shape[1:], 1 << (precision - 1), np.int32)
+    for j in range(k):
+        w = weights[:, j]
+        if not w.any():
+            continue
+        acc += w.reshape((n_out,) + (1,) * (x.ndim - 1)) * x[index[:, j]].astype(np.int32)
+    out = np.clip(acc >> precision, 0, 255).astype(np.uint8)
+    return np.moveaxis(out, 0, axis)
+
+
+def resize_bicubic_uint8(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 [..., H, W, C] -> uint8 [..., height, width, C], as torchvision's CPU bicubic
+    (antialias=True) resize of the same frames as a uint8 [..., C, H, W] tensor."""
+    if frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8, got {frames.dtype}")
+    h_axis, w_axis = frames.ndim - 3, frames.ndim - 2
+    out = frames
+    if frames.shape[w_axis] != width:
+        out = _resample(out, w_axis, width)
+    if frames.shape[h_axis] != height:
+        out = _resample(out, h_axis, height)
+    return np.ascontiguousarray(out)
