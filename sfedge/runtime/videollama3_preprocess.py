@@ -7,7 +7,7 @@ max_frames=180, min_frames=4 on decoded frames plus their VideoMetadata, and wha
 
 * sampling: n = floor(min(max(N / F * fps, min_frames), min(max_frames, N), N)) frames of N at the
   source rate F; indices = torch.arange(0, N, N / n).int() (a float32 ramp, truncated);
-  timestamps index / F;
+  timestamps index / F (in float32, as transformers' int32 indices make them);
 * resize: `smart_resize` with factor patch x merge = 28 and the per-frame budget
   max_pixels // T (the video budget divided by the frame count), by torchvision's uint8 bicubic
   resize (runtime/videollama3_resize.py, bit-exact);
@@ -122,6 +122,12 @@ def sample_indices(total: int, source_fps: float, spec: VideoProcessorSpec = Vid
     return [min(int(i), total - 1) for i in np.trunc(ramp)]
 
 
+def timestamps(indices: list[int], source_fps: float) -> list[float]:
+    """Frame times in seconds as transformers computes them: its sampled indices are an int32 tensor,
+    so `index / fps` is float32 maths (and "Time {t:.1f}s" formats that float32 value)."""
+    return [float(np.float32(i) / np.float32(source_fps)) for i in indices]
+
+
 def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56,
                  max_pixels: int = 14 * 14 * 4 * 1280) -> tuple[int, int]:
     """transformers' VideoLLaMA3 `smart_resize`: both sides multiples of `factor`, the area within
@@ -194,7 +200,7 @@ def preprocess_frames(frames: list[np.ndarray] | np.ndarray, indices: list[int],
     else:
         keep = np.ones((t, (gh // spec.merge_size) * (gw // spec.merge_size)), bool)
     return VideoInputs(patchify(pixels, spec.patch_size, spec.merge_size), position_ids(gh, gw, spec.merge_size),
-                       keep, (t, gh, gw), list(indices), [i / source_fps for i in indices], (height, width))
+                       keep, (t, gh, gw), list(indices), timestamps(indices, source_fps), (height, width))
 
 
 def load_and_preprocess(path: str | Path, spec: VideoProcessorSpec = VideoProcessorSpec(),

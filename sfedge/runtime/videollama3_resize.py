@@ -60,22 +60,42 @@ def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, int]:
     return first, ints, precision
 
 
+@lru_cache(maxsize=64)
+def _dense(n_in: int, n_out: int) -> np.ndarray:
+    """The same weights as an [n_out, n_in] float64 matrix (exact: integers far below 2^53)."""
+    first, weights, _ = _taps(n_in, n_out)
+    out = np.zeros((n_out, n_in + weights.shape[1]), np.float64)
+    rows = np.arange(n_out)[:, None]
+    out[rows, first[:, None] + np.arange(weights.shape[1])[None, :]] = weights
+    return out[:, :n_in]
+
+
 def _resample(x: np.ndarray, axis: int, n_out: int) -> np.ndarray:
-    """One pass along `axis` of a uint8 array."""
+    """One pass along `axis` (0: rows, 1: columns) of one uint8 frame [H, W, C].
+
+    Few input pixels per output (or a short axis): a float64 matrix product, exact because every
+    product and sum is an integer below 2^53; long windows: a gather per tap in int32."""
     n_in = x.shape[axis]
     first, weights, precision = _taps(n_in, n_out)
     k = weights.shape[1]
-    x = np.moveaxis(x, axis, 0)
+    if n_in <= 32 * k:
+        dense = _dense(n_in, n_out)
+        if axis == 0:
+            acc = (dense @ x.reshape(n_in, -1).astype(np.float64)).reshape((n_out,) + x.shape[1:])
+        else:
+            acc = np.matmul(x.transpose(0, 2, 1).astype(np.float64), dense.T).transpose(0, 2, 1)
+        out = np.floor((acc + (1 << (precision - 1))) * (1.0 / (1 << precision)))
+        return np.clip(out, 0, 255).astype(np.uint8)
     # taps past the input's end have weight 0: clamping their index keeps the gather in bounds
     index = np.minimum(first[:, None] + np.arange(k)[None, :], n_in - 1)  # [n_out, k]
-    acc = np.full((n_out,) + x.shape[1:], 1 << (precision - 1), np.int32)
+    shape = [1, 1, 1]
+    shape[axis] = n_out
+    acc = np.full(tuple(n_out if a == axis else d for a, d in enumerate(x.shape)), 1 << (precision - 1), np.int32)
     for j in range(k):
         w = weights[:, j]
-        if not w.any():
-            continue
-        acc += w.reshape((n_out,) + (1,) * (x.ndim - 1)) * x[index[:, j]].astype(np.int32)
-    out = np.clip(acc >> precision, 0, 255).astype(np.uint8)
-    return np.moveaxis(out, 0, axis)
+        if w.any():
+            acc += w.reshape(shape) * np.take(x, index[:, j], axis=axis).astype(np.int32)
+    return np.clip(acc >> precision, 0, 255).astype(np.uint8)
 
 
 def resize_bicubic_uint8(frames: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -83,10 +103,13 @@ def resize_bicubic_uint8(frames: np.ndarray, height: int, width: int) -> np.ndar
     (antialias=True) resize of the same frames as a uint8 [..., C, H, W] tensor."""
     if frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8, got {frames.dtype}")
-    h_axis, w_axis = frames.ndim - 3, frames.ndim - 2
-    out = frames
-    if frames.shape[w_axis] != width:
-        out = _resample(out, w_axis, width)
-    if frames.shape[h_axis] != height:
-        out = _resample(out, h_axis, height)
-    return np.ascontiguousarray(out)
+    *lead, h, w, c = frames.shape
+    flat = frames.reshape(-1, h, w, c)
+    out = np.empty((flat.shape[0], height, width, c), np.uint8)
+    for i, frame in enumerate(flat):  # frame by frame: the temporaries stay in cache
+        if w != width:
+            frame = _resample(frame, 1, width)
+        if h != height:
+            frame = _resample(frame, 0, height)
+        out[i] = frame
+    return out.reshape(*lead, height, width, c)
