@@ -97,6 +97,10 @@ class VideoLlama3Reference:
         self.device = torch.device(device)
 
     @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
     def tokenizer(self):
         return self.processor.tokenizer
 
