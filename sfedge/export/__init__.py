@@ -81,8 +81,14 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32", de
         print(f"removed {path} (left by export process {pid}, which is gone)", file=sys.stderr)
     partial = Path(tempfile.mkdtemp(prefix=scratch_prefix(f"{out.name}.partial"), dir=out.parent))
     try:
-        manifest = _build(str(model), ckpt, partial, precision, device, max_frames, slowfast, validate, progress,
-                          context, allow_tokenizer_mismatch)
+        if _model_type(ckpt) == "video_llama_3":
+            from .videollama3 import build as build_videollama3
+
+            manifest = build_videollama3(str(model), ckpt, partial, precision, device, max_frames, validate, progress,
+                                         context)
+        else:
+            manifest = _build(str(model), ckpt, partial, precision, device, max_frames, slowfast, validate,
+                              progress, context, allow_tokenizer_mismatch)
         _default_permissions(partial)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
@@ -91,6 +97,12 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32", de
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return manifest
+
+
+def _model_type(ckpt: Path) -> str | None:
+    import json
+
+    return json.loads((ckpt / "config.json").read_text()).get("model_type")
 
 
 def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_frames: int,
