@@ -8,9 +8,12 @@ OUT holds:
     llm/genai_config.json     the builder's config (+ its copy of the tokenizer)
     embeddings.npy            token-embedding table [V, D] in the decoder's input dtype
     greedy_step.onnx          ArgMax(logits) + Gather(table): greedy decoding stays on the device
+    splice.onnx               Gather(table, ids) + ScatterND(visual tokens): prompt embeddings on the device
     tokenizer/                the checkpoint's tokenizer files
     manifest.json             the contract (sfedge/manifest.py), incl. the validation report
 
+The model family (sfedge/families) is detected from the checkpoint's config `model_type` and
+recorded in the manifest ("family"); its declaration supplies the reference and the prompt variant.
 First the tokenizer guard (tokenizer_guard.py): the runtime's tokenizer.json against the
 checkpoint's own SentencePiece tokenizer on the prompt chunks; a difference fails the export in
 seconds. The decoder is built for `max_context` positions (sfedge/context.py).
@@ -114,24 +117,24 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
     from .. import __version__
     from ..context import kv_cache_bytes
     from ..manifest import write_manifest
-    from ..prompts import detect_family
-    from ..reference.model import SlowFastLlava
+    from ..families import family_for_checkpoint
     from ..runtime.tokenizer import TextTokenizer
     from . import llm as llm_mod
     from .leftovers import scratch_prefix
     from .manifest_build import component_entry, model_block, read_manifest, source_identity, versions
     from .slowfast import export_slowfast
-    from .step import export_step
+    from .step import export_splice, export_step
     from .tokenizer_guard import guard
     from .validate import compare, int4_settings, reference_cases
     from .vision import export_vision
 
     started = time.perf_counter()
+    model_family = family_for_checkpoint(ckpt)  # before anything is built: an unknown model_type is refused
     bar = _Stages(STAGES if validate else STAGES[:7], progress)
     try:
         bar.step("tokenizer guard")  # first: a tokenizer that disagrees fails the export in seconds
         tokenizer_files = llm_mod.copy_tokenizer(ckpt, root / "tokenizer")
-        family = detect_family(TextTokenizer(root / "tokenizer").vocab())
+        family = model_family.detect_variant(TextTokenizer(root / "tokenizer").vocab())
         tokenizer_guard = guard(ckpt, root / "tokenizer", family, allow_tokenizer_mismatch)
         if validate:
             _check_chain_fits(root / "tokenizer", family, slowfast, min(SamplingSpec().num_frames, max_frames),
@@ -154,7 +157,7 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
         bar.step("reference")
         ref_device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
         pipeline = PipelineSpec(sampling=SamplingSpec(min(SamplingSpec().num_frames, max_frames)), slowfast=slowfast)
-        ref = SlowFastLlava.from_pretrained(ckpt, torch.float32, ref_device, pipeline, lazy_upcast=True)
+        ref = model_family.reference(ckpt, dtype=torch.float32, device=ref_device, spec=pipeline, lazy_upcast=True)
         vprec = vision_precision(precision, device)
         vdtype = torch.float16 if vprec == "fp16" else torch.float32
         bar.step("vision")
@@ -168,6 +171,7 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
         bar.step("slowfast")
         hidden = ref.model.config.text_config.hidden_size
         _, sspec = export_slowfast(slowfast, hidden, max_frames, root, vdtype)
+        splice = export_splice(root, sspec.outputs[0].dtype, emb_dtype)
 
         bar.step("manifest")
         table_shape = np.load(root / "embeddings.npy", mmap_mode="r").shape
@@ -178,6 +182,7 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
             "device": device,
             "quantization": llm_mod.quantization(precision, device),
             "pipeline": pipeline.to_dict(),
+            "family": model_family.name,
             "slowfast_name": slowfast.name(),
             "prompt_family": ref.prompt_family,
             "model": model_block(ref, llm, table_shape, max_frames),
@@ -192,6 +197,7 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
                 "embeddings": {"path": "embeddings.npy", "dtype": emb_dtype, "shape": list(table_shape)},
                 "tokenizer": {"path": "tokenizer", "files": sorted(tokenizer_files)},
                 "greedy_step": step,
+                "splice": splice,
             },
             "source": source_identity(name, ckpt),
             "versions": versions(),
