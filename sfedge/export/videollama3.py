@@ -103,7 +103,7 @@ def build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_fr
     from . import llm as llm_mod
     from .leftovers import scratch_prefix
     from .manifest_build import component_entry, read_manifest, source_identity, versions
-    from .step import export_step
+    from .step import export_splice, export_step
     from .videollama3_validate import compare, reference_cases
     from .videollama3_vision import export_vision
 
@@ -132,6 +132,7 @@ def build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_fr
         vprec = vision_precision(precision, device)
         bar.step("vision")
         _, vspec = export_vision(ref.model, max_frames, root, torch.float16 if vprec == "fp16" else torch.float32)
+        splice = export_splice(root, vspec.outputs[0].dtype, emb_dtype)  # kept vision features into the prompt
 
         bar.step("manifest")
         table_shape = np.load(root / "embeddings.npy", mmap_mode="r").shape
@@ -154,6 +155,7 @@ def build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_fr
                 "embeddings": {"path": "embeddings.npy", "dtype": emb_dtype, "shape": list(table_shape)},
                 "tokenizer": {"path": "tokenizer", "files": sorted(tokenizer_files)},
                 "greedy_step": step,
+                "splice": splice,
             },
             "source": source_identity(name, ckpt),
             "versions": versions(),

@@ -54,6 +54,7 @@ class Family:
       window are these blocks' tokens concatenated.
     * `encoder(vision_engine, spec, max_frames)`: the runtime's encoder stage (frames -> features).
     * `reference(checkpoint, **kw)`: the PyTorch reference (export and verify; imports torch).
+    * `pipeline(engines_dir, **kw)`: the runtime pipeline (`sfedge.runtime.open_pipeline` calls it).
     """
 
     name: str
@@ -64,3 +65,5 @@ class Family:
     encoder: Callable[..., Any]
     reference: Callable[..., Any]
     detect_variant: Callable[[Sequence[str]], str]  # tokenizer vocabulary -> prompt variant
+    # `pipeline(engines_dir, **options)`: the runtime over an engines directory (ask, verify, bench)
+    pipeline: Callable[..., Any] | None = None

@@ -37,5 +37,12 @@ def reference(checkpoint, **kw):
     return SlowFastLlava.from_pretrained(checkpoint, **kw)
 
 
+def pipeline(engines_dir, **kw):
+    from ..runtime.pipeline import Pipeline
+
+    return Pipeline(engines_dir, **kw)
+
+
 LLAVA_NEXT = Family(name="llava_next", model_types=("llava_next",), graphs=GRAPHS, prompt_ids=prompt_ids,
-                    layout=layout, encoder=encoder, reference=reference, detect_variant=detect_family)
+                    layout=layout, encoder=encoder, reference=reference, detect_variant=detect_family,
+                    pipeline=pipeline)

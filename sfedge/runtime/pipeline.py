@@ -104,24 +104,15 @@ class Pipeline:
         self.max_frames = model.get("max_frames")
         self.encoder = self.family.encoder(engine("vision"), self.spec, self.max_frames)
         slowfast = engine("slowfast")
-        shared = _shares_buffer(root, comps["llm"])
+        shared = shares_buffer(root, comps["llm"])
         # TensorRT takes vision and slowfast; the LLM's GroupQueryAttention (in-place KV buffer)
         # is a CUDA-EP contrib op TensorRT cannot build, so the LLM runs on the CUDA EP.
         llm = engine("llm", "cuda" if provider == "tensorrt" else provider, mem_reuse=shared,
                      cuda_graph=cuda_graph and shared and provider == "cuda")
-        table = np.load(root / comps["embeddings"]["path"], mmap_mode="r")
-        decoder = Decoder(llm, table, root / comps["greedy_step"]["path"],
-                          kv_names=_kv_names(comps["llm"], model["num_layers"]),
-                          num_kv_heads=model["num_kv_heads"], head_dim=model["head_dim"],
-                          max_length=model["max_length"], shared=shared)
-        eos = model.get("eos_token_ids", model.get("eos_token_id"))
-        tokenizer = TextTokenizer(root / comps["tokenizer"]["path"])
-        check_canary(tokenizer, self.manifest)  # the ids the export's tokenizer guard recorded
-        splicer = Splicer(root / comps["splice"]["path"], decoder.device_table, decoder.device)
+        decoder, tokenizer, splicer, eos = open_llm_parts(root, self.manifest, llm, shared)
         self.answerer = Answerer(slowfast, decoder, tokenizer, splicer, family=self.family, variant=self.prompt_family,
                                  spec=self.spec, bos=model.get("bos_token_id"),
-                                 image_token_id=model["image_token_id"],
-                                 eos=[eos] if isinstance(eos, int) else eos or [], prefill_chunk=prefill_chunk,
+                                 image_token_id=model["image_token_id"], eos=eos, prefill_chunk=prefill_chunk,
                                  prefix_cache_bytes=int(prefix_cache_mb * 2**20), prefix_reuse=prefix_reuse)
         # what makes visual tokens from frames: part of every visual key (the prefix cache's identity)
         files = self.manifest.get("files", {})
@@ -230,6 +221,23 @@ class Pipeline:
             raise SfedgeError(f"{n} frames exceed the engines' max_frames {self.max_frames}")
 
 
+def open_llm_parts(root: Path, manifest: dict, llm, shared: bool) -> tuple[Decoder, TextTokenizer, Splicer, list[int]]:
+    """What every family's answer stage opens the same way: the decoder over the LLM engine and its
+    embedding table, the tokenizer (checked against the export's canaries), the splice graph on the
+    decoder's device, and the EOS ids."""
+    model, comps = manifest["model"], manifest["components"]
+    table = np.load(root / comps["embeddings"]["path"], mmap_mode="r")
+    decoder = Decoder(llm, table, root / comps["greedy_step"]["path"],
+                      kv_names=_kv_names(comps["llm"], model["num_layers"]),
+                      num_kv_heads=model["num_kv_heads"], head_dim=model["head_dim"],
+                      max_length=model["max_length"], shared=shared)
+    tokenizer = TextTokenizer(root / comps["tokenizer"]["path"])
+    check_canary(tokenizer, manifest)  # the ids the export's tokenizer guard recorded
+    splicer = Splicer(root / comps["splice"]["path"], decoder.device_table, decoder.device)
+    eos = model.get("eos_token_ids", model.get("eos_token_id"))
+    return decoder, tokenizer, splicer, [eos] if isinstance(eos, int) else list(eos or [])
+
+
 def _drain(stream: Generator[str, None, AskResult], on_token) -> AskResult:
     while True:
         try:
@@ -264,7 +272,7 @@ def _kv_names(llm: dict, num_layers: int) -> list[tuple[str, str]]:
     return pairs
 
 
-def _shares_buffer(root: Path, llm: dict) -> bool:
+def shares_buffer(root: Path, llm: dict) -> bool:
     """Whether the LLM graph updates one max-length KV buffer in place (GroupQueryAttention with
     past_present_share_buffer): the manifest's llm entry says so, else the builder's genai_config."""
     kv = llm.get("kv_cache", {})

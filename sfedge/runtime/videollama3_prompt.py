@@ -132,7 +132,27 @@ class VideoPrompt:
     ids: list[int]
     starts: list[int]
     counts: list[int]
-    text: str  # the rendered prompt with one video token per frame (for display / debugging)
+
+
+def marked_ids(spec: PromptSpec, encode, question: str, timestamps: list[float]) -> list[int]:
+    """The prompt ids with ONE video token per frame (its "Time t.ts:" text before it): the marked
+    form the splice expands (`encode(text, add_special_tokens)`: the tokenizer's)."""
+    rendered = render(spec, question)
+    found = rendered.count(spec.video_token)
+    if found != 1:
+        raise SfedgeError(f"the prompt must hold the video token {spec.video_token} exactly once, found {found} "
+                          "(a question may not contain it)")
+    text = rendered.replace(spec.video_token, frame_text(spec, timestamps, spec.video_token))
+    bos = spec.special_tokens.get("bos_token")
+    return encode(text, add_special_tokens=not (bos and text.startswith(bos)))
+
+
+def video_token_id(spec: PromptSpec, tokenizer) -> int:
+    """The video token's id: the manifest's, else the tokenizer's."""
+    found = spec.video_token_id if spec.video_token_id is not None else tokenizer.vocab().get(spec.video_token)
+    if found is None:
+        raise ManifestError(f"the tokenizer does not know the video token {spec.video_token}")
+    return int(found)
 
 
 def build(spec: PromptSpec, tokenizer, question: str, timestamps: list[float], kept_per_frame: list[int]) -> VideoPrompt:
@@ -142,17 +162,8 @@ def build(spec: PromptSpec, tokenizer, question: str, timestamps: list[float], k
         raise ValueError(f"{len(timestamps)} timestamps but {len(kept_per_frame)} frame token counts")
     if any(n < 1 for n in kept_per_frame):
         raise ValueError("every frame keeps at least one token (min_tokens >= 1)")
-    rendered = render(spec, question)
-    found = rendered.count(spec.video_token)
-    if found != 1:
-        raise SfedgeError(f"the prompt must hold the video token {spec.video_token} exactly once, found {found} "
-                          "(a question may not contain it)")
-    text = rendered.replace(spec.video_token, frame_text(spec, timestamps, spec.video_token))
-    bos = spec.special_tokens.get("bos_token")
-    compact = tokenizer.encode(text, add_special_tokens=not (bos and text.startswith(bos)))
-    video_id = spec.video_token_id if spec.video_token_id is not None else tokenizer.vocab().get(spec.video_token)
-    if video_id is None:
-        raise ManifestError(f"the tokenizer does not know the video token {spec.video_token}")
+    compact = marked_ids(spec, tokenizer.encode, question, timestamps)
+    video_id = video_token_id(spec, tokenizer)
     ids, starts, frame = [], [], 0
     for token in compact:
         if token == video_id:
@@ -163,4 +174,4 @@ def build(spec: PromptSpec, tokenizer, question: str, timestamps: list[float], k
             ids.append(token)
     if frame != len(timestamps):
         raise ManifestError(f"the tokenizer split the video token {spec.video_token}: {frame} of {len(timestamps)} found")
-    return VideoPrompt(ids, starts, list(kept_per_frame), text)
+    return VideoPrompt(ids, starts, list(kept_per_frame))
