@@ -1,0 +1,105 @@
+"""VideoLLaMA3 token parity: `VideoLlama3Pipeline.ask` (the torch-free runtime on fp32 engines)
+against transformers' `generate` (sfedge/reference/videollama3.py), greedy, on 10 clips: moving
+clips where pruning removes nothing, static clips where it removes nearly everything, sizes that are
+not multiples of 28, a clip longer than 180 s (sampling caps at 180 frames), image directories; and
+`--no-prune` against the processor with use_token_compression=False."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sfedge.spec import GenerationSpec
+
+pytest.importorskip("torchvision", reason="the VideoLLaMA3 reference's video processor needs torchvision")
+
+QUESTION = "What happens in the video?"
+GEN = GenerationSpec(max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def vl3(tmp_path_factory):
+    """(tiny checkpoint, fp32 engines, reference, runtime pipeline), made once for this module."""
+    from sfedge.export import export_model
+    from sfedge.models.tiny_videollama3 import make_tiny_videollama3
+    from sfedge.reference.videollama3 import VideoLlama3Reference
+    from sfedge.runtime.videollama3_pipeline import VideoLlama3Pipeline
+
+    root = tmp_path_factory.mktemp("vl3-parity")
+    ckpt = make_tiny_videollama3(root / "tiny-vl3", seed=0)
+    engines = root / "engines-fp32"
+    export_model(ckpt, engines, precision="fp32", device="cpu", validate=False, progress=False)
+    return ckpt, engines, VideoLlama3Reference(ckpt), VideoLlama3Pipeline(engines)
+
+
+def _static_dir(path, n, w, h):
+    from sfedge.synthetic import render_scene
+
+    path.mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(render_scene(0, w, h, seed=3, scene="static")).save(path / f"f{i:03d}.png")
+    return path
+
+
+def _clips(tmp):
+    from sfedge.synthetic import make_clip, make_image_dir
+
+    return {
+        "moving": make_clip(tmp / "moving.mp4", num_frames=48, width=160, height=120, fps=24, seed=0),
+        "moving-odd": make_clip(tmp / "odd.mp4", num_frames=30, width=202, height=118, fps=10, seed=1),
+        "moving-object": make_clip(tmp / "obj.mp4", num_frames=72, width=150, height=96, fps=12, scene="moving-object"),
+        "static": make_clip(tmp / "static.mp4", num_frames=96, width=160, height=120, fps=24, scene="static", crf=0),
+        "static-noisy": make_clip(tmp / "noisy.mp4", num_frames=60, width=96, height=72, fps=10, scene="static",
+                                  noise=2.0),
+        "long-200s": make_clip(tmp / "long.mp4", num_frames=200, width=48, height=34, fps=1, seed=2),
+        "tall": make_clip(tmp / "tall.mp4", num_frames=20, width=58, height=200, fps=5, seed=4),
+        "dir-moving": make_image_dir(tmp / "dir-moving", num_frames=9, width=100, height=70, seed=5),
+        "dir-static": _static_dir(tmp / "dir-static", 6, 90, 62),
+        "fps30": make_clip(tmp / "fps30.mp4", num_frames=150, width=128, height=72, fps=30, seed=6),
+    }
+
+
+def _reference(ref, path):
+    from sfedge.reference.videollama3 import decode_all
+    from sfedge.runtime.video import load_video
+
+    if path.is_dir():  # the runtime reads an image directory as 1 frame per second
+        clip = load_video(path, sampler=lambda total: list(range(total)))
+        return lambda **kw: ref.answer_frames(np.stack(clip.frames), 1.0, QUESTION, GEN.max_new_tokens, **kw)
+    frames, fps = decode_all(path)
+    return lambda **kw: ref.answer_frames(frames, fps, QUESTION, GEN.max_new_tokens, **kw)
+
+
+def test_token_parity_on_ten_clips(vl3, tmp_path):
+    _, _, ref, pipe = vl3
+    rows = []
+    for name, path in _clips(tmp_path).items():
+        want = _reference(ref, path)()
+        got = pipe.ask(path, QUESTION, gen=GEN)
+        rows.append((name, got.visual_tokens_kept, got.visual_tokens_pruned, len(got.frame_indices)))
+        assert got.frame_indices == want.frame_indices, name
+        assert got.visual_tokens_kept == want.visual_tokens_kept, name
+        assert got.visual_tokens_kept + got.visual_tokens_pruned == want.visual_tokens_total, name
+        assert got.token_ids == want.token_ids, (name, got.token_ids, want.token_ids)
+    kept = {name: (k, p, n) for name, k, p, n in rows}
+    print(kept)
+    assert kept["long-200s"][2] == 180  # sampling caps at max_frames
+    for name in ("moving", "moving-odd", "fps30"):
+        assert kept[name][1] == 0, name  # every frame changes everywhere: nothing pruned
+    for name in ("static", "dir-static"):
+        k, p, n = kept[name]
+        assert p > 2 * k, name  # a still camera: most tokens pruned
+
+
+def test_no_prune_matches_the_processor_without_compression(vl3, tmp_path):
+    from sfedge.synthetic import make_clip
+
+    _, _, ref, pipe = vl3
+    path = make_clip(tmp_path / "static.mp4", num_frames=96, width=160, height=120, fps=24, scene="static", crf=0)
+    want = _reference(ref, path)(use_token_compression=False)
+    got = pipe.ask(path, QUESTION, gen=GEN, prune=False)
+    assert got.visual_tokens_pruned == 0 and got.visual_tokens_kept == want.visual_tokens_total
+    assert got.token_ids == want.token_ids
+    pruned = pipe.ask(path, QUESTION, gen=GEN)
+    assert pruned.visual_tokens_kept < got.visual_tokens_kept
