@@ -75,13 +75,17 @@ class Pipeline:
 
     def __init__(self, engines_dir: str | Path, provider: str = "cpu", *, trt_cache_dir: str | Path | None = None,
                  prefill_chunk: int | None = None, threads: int = 0, prefix_cache_mb: float = PREFIX_CACHE_MB,
-                 prefix_reuse: bool = True, cuda_graph: bool = False):
+                 prefix_reuse: bool = True, cuda_graph: bool = False, prune: bool = True):
         """`prefix_cache_mb`: host memory for saved KV prefixes besides the decoder's own buffer (0: the
         buffer's alone); `prefix_reuse` False: every prompt is prefilled whole (cold benchmarks);
         `cuda_graph`: on the CUDA provider, capture the LLM's decode step in a CUDA graph (shared KV
-        layout only; off by default until tests/test_gpu.py's captured-loop test has run on a GPU)."""
+        layout only; off by default until tests/test_gpu.py's captured-loop test has run on a GPU);
+        `prune` False is refused: SlowFast-LLaVA has no token pruning (VideoLLaMA3's pipeline has)."""
         root = Path(engines_dir)
         self.manifest = load_manifest(root)  # raises ManifestError before anything is loaded
+        if not prune:
+            raise SfedgeError("--no-prune: these engines prune no tokens (SlowFast-LLaVA pools every frame); "
+                              "pruning is VideoLLaMA3's")
         native = self.manifest.get("tensorrt", {}).get("plans", {})
         # native TensorRT plans for both vision stages need only the CUDA EP (for the LLM)
         check_provider("cuda" if provider == "tensorrt" and {"vision", "slowfast"} <= set(native) else provider)
@@ -219,6 +223,12 @@ class Pipeline:
             raise SfedgeError("no frames to answer about")
         if self.max_frames and n > self.max_frames:
             raise SfedgeError(f"{n} frames exceed the engines' max_frames {self.max_frames}")
+
+
+def open_pipeline(engines_dir: str | Path, **options):
+    """The pipeline of the family the engines' manifest names (`Family.pipeline`), with `options`
+    (provider, cuda_graph ...; `prune` only for a family that prunes)."""
+    return family_of_manifest(load_manifest(Path(engines_dir), verify_files=False)).pipeline(engines_dir, **options)
 
 
 def open_llm_parts(root: Path, manifest: dict, llm, shared: bool) -> tuple[Decoder, TextTokenizer, Splicer, list[int]]:
