@@ -103,3 +103,27 @@ def test_no_prune_matches_the_processor_without_compression(vl3, tmp_path):
     assert got.token_ids == want.token_ids
     pruned = pipe.ask(path, QUESTION, gen=GEN)
     assert pruned.visual_tokens_kept < got.visual_tokens_kept
+
+
+def test_ask_runs_without_torch_or_transformers(vl3, tmp_path):
+    """`sfedge ask --json` on VideoLLaMA3 engines in a fresh interpreter: no torch, no transformers,
+    and the JSON reports the visual tokens kept and pruned."""
+    import json
+    import subprocess
+    import sys
+
+    from sfedge.synthetic import make_clip
+
+    _, engines, _, _ = vl3
+    clip = make_clip(tmp_path / "static.mp4", num_frames=48, width=96, height=72, fps=12, scene="static", crf=0)
+    code = f"""
+import sys
+from sfedge.cli import main
+rc = main(["ask", {str(engines)!r}, {str(clip)!r}, "What?", "--max-new-tokens", "3", "--json"])
+print([m for m in ("torch", "transformers") if m in sys.modules], rc)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == "[] 0"
+    report = json.loads(lines[-2])
+    assert report["visual_tokens_pruned"] > 0 and report["visual_tokens_kept"] == sum(report["kept_per_frame"])

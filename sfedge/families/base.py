@@ -54,7 +54,8 @@ class Family:
       window are these blocks' tokens concatenated.
     * `encoder(vision_engine, spec, max_frames)`: the runtime's encoder stage (frames -> features).
     * `reference(checkpoint, **kw)`: the PyTorch reference (export and verify; imports torch).
-    * `pipeline(engines_dir, **kw)`: the runtime pipeline (`sfedge.runtime.open_pipeline` calls it).
+    * `pipeline(engines_dir, **kw)`: the runtime pipeline (`sfedge.runtime.pipeline.open_pipeline`).
+    * `verify(...)`: the engines against the reference on one clip (`sfedge verify`; imports torch).
     """
 
     name: str
@@ -67,3 +68,5 @@ class Family:
     detect_variant: Callable[[Sequence[str]], str]  # tokenizer vocabulary -> prompt variant
     # `pipeline(engines_dir, **options)`: the runtime over an engines directory (ask, verify, bench)
     pipeline: Callable[..., Any] | None = None
+    # `verify(engines, model, video, question, options, max_new_tokens, provider) -> report`: `sfedge verify`
+    verify: Callable[..., dict] | None = None

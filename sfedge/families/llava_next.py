@@ -43,6 +43,12 @@ def pipeline(engines_dir, **kw):
     return Pipeline(engines_dir, **kw)
 
 
+def verify(engines, model, video, question, options, max_new_tokens, provider):
+    from ..parity import verify as verify_llava
+
+    return verify_llava(engines, model, video, question, options, max_new_tokens, provider)
+
+
 LLAVA_NEXT = Family(name="llava_next", model_types=("llava_next",), graphs=GRAPHS, prompt_ids=prompt_ids,
                     layout=layout, encoder=encoder, reference=reference, detect_variant=detect_family,
-                    pipeline=pipeline)
+                    pipeline=pipeline, verify=verify)

@@ -77,6 +77,12 @@ def pipeline(engines_dir, **kw):
     return VideoLlama3Pipeline(engines_dir, **kw)
 
 
+def verify(engines, model, video, question, options, max_new_tokens, provider):
+    from ..parity_videollama3 import verify as verify_videollama3
+
+    return verify_videollama3(engines, model, video, question, options, max_new_tokens, provider)
+
+
 VIDEO_LLAMA_3 = Family(name="video_llama_3", model_types=("video_llama_3",), graphs=GRAPHS, prompt_ids=prompt_ids,
                        layout=layout, encoder=encoder, reference=reference, detect_variant=lambda vocab: VARIANT,
-                       pipeline=pipeline)
+                       pipeline=pipeline, verify=verify)
