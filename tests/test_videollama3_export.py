@@ -78,6 +78,7 @@ def test_reference_prunes_a_static_clip(vl3_reference):
     assert a.visual_tokens_kept == per_frame + (len(a.frame_indices) - 1)  # frame 0 whole, then min_tokens 1 each
 
 
+@pytest.mark.slow
 def test_export_validates_at_fp32(vl3_engines):
     m = json.loads((vl3_engines / "manifest.json").read_text())
     assert m["family"] == "video_llama_3" and "slowfast" not in m["components"]
@@ -89,6 +90,7 @@ def test_export_validates_at_fp32(vl3_engines):
     assert [i["name"] for i in m["components"]["vision"]["inputs"]] == ["pixel_values", "position_ids"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("frames,gh,gw", [(2, 8, 6), (1, 14, 2)])
 def test_vision_graph_matches_transformers_at_other_grids(vl3_engines, vl3_reference, frames, gh, gw):
     import onnxruntime as ort
