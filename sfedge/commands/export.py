@@ -11,10 +11,12 @@ HELP = "export a llava-hf LLaVA-NeXT checkpoint (or 'tiny') to ONNX graphs + man
 def add_arguments(p) -> None:
     d = SlowFastSpec()
     from ..models.presets import PRESETS
+    from ..models.presets_videollama3 import VL3_PRESETS
 
-    p.add_argument("model", nargs="?", help="local llava-hf checkpoint directory, or 'tiny' / 'tiny-mistral'")
+    p.add_argument("model", nargs="?", help="local checkpoint directory (llava-hf LLaVA-NeXT or transformers "
+                                            "VideoLLaMA3), or 'tiny' / 'tiny-mistral' / 'tiny-videollama3'")
     p.add_argument("out", help="output directory (refused if it exists, unless --force)")
-    p.add_argument("--preset", choices=sorted(PRESETS),
+    p.add_argument("--preset", choices=sorted([*PRESETS, *VL3_PRESETS]),
                    help="instead of MODEL: a real architecture with random weights, made locally once "
                         "(cached) for benchmarks")
     p.add_argument("--precision", choices=("fp32", "fp16", "int4"), default="fp32",
