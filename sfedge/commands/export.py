@@ -63,18 +63,20 @@ def run(args) -> int:
         if args.json:
             print_json({"ok": False, "error": str(e), "validation": getattr(e, "report", None)})
         raise
+    guard = manifest.get("tokenizer_guard")  # llava_next's SentencePiece check; VideoLLaMA3 ships tokenizer.json
     if args.json:
         print_json({"ok": True, "out": args.out, "precision": manifest["precision"],
                     "max_context": manifest["context"]["max_context"],
-                    "tokenizer_guard": {k: manifest["tokenizer_guard"][k] for k in ("passed", "allowed_mismatches")},
+                    "family": manifest.get("family", "llava_next"),
+                    "tokenizer_guard": {k: guard[k] for k in ("passed", "allowed_mismatches")} if guard else None,
                     "export_seconds": manifest["export_seconds"], "validation": manifest["validation"]})
     else:
         v = manifest["validation"]
         status = "not validated" if v is None else "validated: " + ", ".join(
-            f"{k} rel {v[k]['rel']:.2e} cos {v[k]['cosine']:.4f}" for k in ("vision", "slowfast", "llm", "chain"))
+            f"{k} rel {v[k]['rel']:.2e} cos {v[k]['cosine']:.4f}" for k in ("vision", "slowfast", "llm", "chain") if k in v)
         print(f"exported {args.preset or args.model} -> {args.out} ({manifest['precision']}, {manifest['device']}, "
               f"context {manifest['context']['max_context']}) in {manifest['export_seconds']:.1f} s; {status}")
-        if n := manifest["tokenizer_guard"]["allowed_mismatches"]:
+        if guard and (n := guard["allowed_mismatches"]):
             print(f"warning: {n} tokenizer canary chunk(s) differ from the checkpoint's tokenizer "
                   f"(--allow-tokenizer-mismatch; listed in the manifest's tokenizer_guard)")
     return 0
