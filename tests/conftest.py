@@ -36,6 +36,14 @@ def tiny_mistral_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_vl3_dir(tmp_path_factory):
+    """The tiny VideoLLaMA3 checkpoint (sfedge/models/tiny_videollama3.py), seed 0."""
+    from sfedge.models.tiny_videollama3 import make_tiny_videollama3
+
+    return make_tiny_videollama3(tmp_path_factory.mktemp("tiny") / "tiny-videollama3", seed=0)
+
+
+@pytest.fixture(scope="session")
 def clip_path(tmp_path_factory):
     from sfedge.synthetic import make_clip
 

@@ -62,13 +62,14 @@ def processor_block(ckpt: Path) -> dict:
 def prompt_block(ref, tokenizer_files: list[str]) -> dict:
     if "chat_template.jinja" not in tokenizer_files:
         raise SfedgeError(f"{ref.ckpt}: no chat_template.jinja (VideoLLaMA3's prompt comes from the checkpoint's template)")
-    proc = ref.processor
+    cfg, tok = ref.model.config, ref.tokenizer  # the ids the model splices at (the processor's, from its tokenizer)
+    video, image = tok.convert_ids_to_tokens([cfg.video_token_id, cfg.image_token_id])
     return {
         "chat_template": "tokenizer/chat_template.jinja",
         "messages": [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "{question}"}]}],
         "add_generation_prompt": True,
-        "video_token": proc.video_token, "video_token_id": int(proc.video_token_id),
-        "image_token": proc.image_token, "image_token_id": int(proc.image_token_id),
+        "video_token": video, "video_token_id": int(cfg.video_token_id),
+        "image_token": image, "image_token_id": int(cfg.image_token_id),
         "frame_prefix": "Time {t:.1f}s:", "frame_separator": ",",
         "timestamps": "sampled frame index / source fps",
     }
@@ -107,6 +108,10 @@ def build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_fr
     from .videollama3_validate import compare, reference_cases
     from .videollama3_vision import export_vision
 
+    from ..reference.videollama3 import require_torchvision
+
+    if validate:
+        require_torchvision()  # validation runs transformers' processor: refuse in a second, not after the builder
     started = time.perf_counter()
     bar = _Stages(STAGES if validate else STAGES[:6], progress)
     try:

@@ -46,12 +46,17 @@ def messages(question: str) -> list[dict]:
     return [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
 
 
-def load_processor(ckpt: str | Path):
+def require_torchvision() -> None:
+    """SfedgeError (one line) unless torchvision imports: transformers' video processor needs it."""
     try:
         import torchvision  # noqa: F401
     except ImportError as e:
         raise SfedgeError("the VideoLLaMA3 reference needs torchvision (pip install -e '.[export]'; "
                           f"scripts/setup.sh installs the build matching torch): {e}") from None
+
+
+def load_processor(ckpt: str | Path):
+    require_torchvision()
     from transformers import AutoProcessor
 
     return AutoProcessor.from_pretrained(str(ckpt))
@@ -92,7 +97,8 @@ class VideoLlama3Reference:
         from transformers import VideoLlama3ForConditionalGeneration
 
         self.ckpt = Path(ckpt)
-        self.processor = load_processor(ckpt)
+        self._processor = None  # loaded on first use: it needs torchvision, the model does not
+        self._tokenizer = None
         self.model = VideoLlama3ForConditionalGeneration.from_pretrained(str(ckpt), dtype=dtype).to(device).eval()
         self.device = torch.device(device)
 
@@ -101,8 +107,20 @@ class VideoLlama3Reference:
         return self.model.dtype
 
     @property
+    def processor(self):
+        if self._processor is None:
+            self._processor = load_processor(self.ckpt)
+        return self._processor
+
+    @property
     def tokenizer(self):
-        return self.processor.tokenizer
+        if self._processor is not None:
+            return self._processor.tokenizer
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.ckpt))
+        return self._tokenizer
 
     def answer_frames(self, frames: np.ndarray, fps: float, question: str, max_new_tokens: int = 32,
                       **overrides) -> VL3Answer:
