@@ -19,18 +19,12 @@ GEN = GenerationSpec(max_new_tokens=12)
 
 
 @pytest.fixture(scope="module")
-def vl3(tmp_path_factory):
-    """(tiny checkpoint, fp32 engines, reference, runtime pipeline), made once for this module."""
-    from sfedge.export import export_model
-    from sfedge.models.tiny_videollama3 import make_tiny_videollama3
+def vl3(tiny_vl3_dir, vl3_engines_fp32):
+    """(tiny checkpoint, fp32 engines, reference, runtime pipeline)."""
     from sfedge.reference.videollama3 import VideoLlama3Reference
     from sfedge.runtime.videollama3_pipeline import VideoLlama3Pipeline
 
-    root = tmp_path_factory.mktemp("vl3-parity")
-    ckpt = make_tiny_videollama3(root / "tiny-vl3", seed=0)
-    engines = root / "engines-fp32"
-    export_model(ckpt, engines, precision="fp32", device="cpu", validate=False, progress=False)
-    return ckpt, engines, VideoLlama3Reference(ckpt), VideoLlama3Pipeline(engines)
+    return tiny_vl3_dir, vl3_engines_fp32, VideoLlama3Reference(tiny_vl3_dir), VideoLlama3Pipeline(vl3_engines_fp32)
 
 
 def _static_dir(path, n, w, h):

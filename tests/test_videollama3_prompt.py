@@ -16,10 +16,8 @@ from sfedge.runtime.tokenizer import TextTokenizer
 
 
 @pytest.fixture(scope="module")
-def vl3_ckpt(tmp_path_factory):
-    from sfedge.models.tiny_videollama3 import make_tiny_videollama3
-
-    return make_tiny_videollama3(tmp_path_factory.mktemp("vl3") / "tiny-vl3", seed=0)
+def vl3_ckpt(tiny_vl3_dir):
+    return tiny_vl3_dir
 
 
 def _spec(ckpt) -> vprompt.PromptSpec:
