@@ -56,6 +56,7 @@ class Family:
     * `reference(checkpoint, **kw)`: the PyTorch reference (export and verify; imports torch).
     * `pipeline(engines_dir, **kw)`: the runtime pipeline (`sfedge.runtime.pipeline.open_pipeline`).
     * `verify(...)`: the engines against the reference on one clip (`sfedge verify`; imports torch).
+    * `bench_reference(...)`: the reference timed stage by stage (`sfedge bench`; imports torch).
     """
 
     name: str
@@ -70,3 +71,5 @@ class Family:
     pipeline: Callable[..., Any] | None = None
     # `verify(engines, model, video, question, options, max_new_tokens, provider) -> report`: `sfedge verify`
     verify: Callable[..., dict] | None = None
+    # `bench_reference(cfg, gen, manifest, checkpoint, dtype, on_cuda) -> bench SideResult`: `sfedge bench`
+    bench_reference: Callable[..., Any] | None = None

@@ -49,6 +49,12 @@ def verify(engines, model, video, question, options, max_new_tokens, provider):
     return verify_llava(engines, model, video, question, options, max_new_tokens, provider)
 
 
+def bench_reference(cfg, gen, manifest, checkpoint, dtype, on_cuda):
+    from ..bench.runner import bench_reference as timed
+
+    return timed(cfg, gen, manifest, checkpoint, dtype, on_cuda)
+
+
 LLAVA_NEXT = Family(name="llava_next", model_types=("llava_next",), graphs=GRAPHS, prompt_ids=prompt_ids,
                     layout=layout, encoder=encoder, reference=reference, detect_variant=detect_family,
-                    pipeline=pipeline, verify=verify)
+                    pipeline=pipeline, verify=verify, bench_reference=bench_reference)

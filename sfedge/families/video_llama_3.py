@@ -83,6 +83,12 @@ def verify(engines, model, video, question, options, max_new_tokens, provider):
     return verify_videollama3(engines, model, video, question, options, max_new_tokens, provider)
 
 
+def bench_reference(cfg, gen, manifest, checkpoint, dtype, on_cuda):
+    from ..bench.videollama3 import bench_reference as timed
+
+    return timed(cfg, gen, manifest, checkpoint, dtype, on_cuda)
+
+
 VIDEO_LLAMA_3 = Family(name="video_llama_3", model_types=("video_llama_3",), graphs=GRAPHS, prompt_ids=prompt_ids,
                        layout=layout, encoder=encoder, reference=reference, detect_variant=lambda vocab: VARIANT,
-                       pipeline=pipeline, verify=verify)
+                       pipeline=pipeline, verify=verify, bench_reference=bench_reference)

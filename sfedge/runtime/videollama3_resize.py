@@ -25,6 +25,7 @@ from functools import lru_cache
 
 import numpy as np
 
+_CHUNK_VALUES = 1 << 22  # pixel values resized per pass (32 MB as float64)
 _A = -0.5  # Keys' cubic convolution parameter PyTorch's antialiased bicubic uses (as PIL does)
 
 
@@ -71,24 +72,23 @@ def _dense(n_in: int, n_out: int) -> np.ndarray:
 
 
 def _resample(x: np.ndarray, axis: int, n_out: int) -> np.ndarray:
-    """One pass along `axis` (0: rows, 1: columns) of one uint8 frame [H, W, C].
+    """One pass along `axis` (1: rows, 2: columns) of uint8 frames [N, H, W, C].
 
-    Few input pixels per output (or a short axis): a float64 matrix product, exact because every
-    product and sum is an integer below 2^53; long windows: a gather per tap in int32."""
+    Few input pixels per output (or a short axis): one float64 matrix product for all the frames,
+    exact because every product and sum is an integer below 2^53; long windows (strong
+    downscaling): a gather per tap in int32."""
     n_in = x.shape[axis]
     first, weights, precision = _taps(n_in, n_out)
     k = weights.shape[1]
     if n_in <= 32 * k:
-        dense = _dense(n_in, n_out)
-        if axis == 0:
-            acc = (dense @ x.reshape(n_in, -1).astype(np.float64)).reshape((n_out,) + x.shape[1:])
-        else:
-            acc = np.matmul(x.transpose(0, 2, 1).astype(np.float64), dense.T).transpose(0, 2, 1)
+        moved = np.moveaxis(x, axis, -1)  # [..., n_in]
+        acc = np.ascontiguousarray(moved).reshape(-1, n_in).astype(np.float64) @ _dense(n_in, n_out).T
         out = np.floor((acc + (1 << (precision - 1))) * (1.0 / (1 << precision)))
-        return np.clip(out, 0, 255).astype(np.uint8)
+        out = np.clip(out, 0, 255).astype(np.uint8).reshape(moved.shape[:-1] + (n_out,))
+        return np.moveaxis(out, -1, axis)
     # taps past the input's end have weight 0: clamping their index keeps the gather in bounds
     index = np.minimum(first[:, None] + np.arange(k)[None, :], n_in - 1)  # [n_out, k]
-    shape = [1, 1, 1]
+    shape = [1] * x.ndim
     shape[axis] = n_out
     acc = np.full(tuple(n_out if a == axis else d for a, d in enumerate(x.shape)), 1 << (precision - 1), np.int32)
     for j in range(k):
@@ -106,10 +106,12 @@ def resize_bicubic_uint8(frames: np.ndarray, height: int, width: int) -> np.ndar
     *lead, h, w, c = frames.shape
     flat = frames.reshape(-1, h, w, c)
     out = np.empty((flat.shape[0], height, width, c), np.uint8)
-    for i, frame in enumerate(flat):  # frame by frame: the temporaries stay in cache
+    step = max(1, _CHUNK_VALUES // max(1, h * w * c))  # frames per pass: the float64 temporaries stay small
+    for i in range(0, len(flat), step):
+        chunk = flat[i:i + step]
         if w != width:
-            frame = _resample(frame, 1, width)
+            chunk = _resample(chunk, 2, width)
         if h != height:
-            frame = _resample(frame, 0, height)
-        out[i] = frame
+            chunk = _resample(chunk, 1, height)
+        out[i:i + step] = chunk
     return out.reshape(*lead, height, width, c)
