@@ -90,11 +90,22 @@ def compare(pipe, reference, video, question: str, max_new_tokens: int = 16, pru
 def check_engines(pipe, reference, video, question: str, max_new_tokens: int = 16, device: str = "cpu",
                   prune: bool = True) -> dict:
     """`compare` plus the failures at the engines' precision and the verdict (report gains precision,
-    verdict, passed, failures). Preprocessing must match exactly at every precision (it is numpy on
-    both sides of the engines)."""
-    report = compare(pipe, reference, video, question, max_new_tokens, prune)
+    verdict, passed, failures, int4_weights). As for SlowFast-LLaVA (sfedge.parity.check_engines),
+    int4 engines are compared with the reference running their own dequantized weights, after their
+    packed weights were checked bit for bit (enforced for CPU engines). Preprocessing must match
+    exactly at every precision (it is numpy on both sides of the engines)."""
+    from contextlib import nullcontext
+
+    from .export.int4 import check_weights, int4_weights
+    from .export.validate import int4_settings
+
+    int4 = int4_settings(Path(pipe.root), pipe.manifest)
+    weights = check_weights(reference, int4["model"]) if int4 else None
+    with int4_weights(reference, int4["block_size"]) if int4 else nullcontext():
+        report = compare(pipe, reference, video, question, max_new_tokens, prune)
     precision = pipe.manifest.get("precision", "fp32")
-    problems = failures(report, precision, device)
+    problems = failures(report, precision, device) + (
+        [weights["failure"]] if weights and not weights["passed"] and pipe.manifest.get("device", "cpu") == "cpu" else [])
     if not report["frames_match"]:
         problems.insert(0, "sampled frames differ from the processor's")
     if report["pixel_values_max_abs"] != 0.0:
@@ -102,7 +113,7 @@ def check_engines(pipe, reference, video, question: str, max_new_tokens: int = 1
     if not report["mask_match"]:
         problems.insert(0, "the compression mask differs from the processor's")
     report.update(precision=precision, verdict=verdict(report, precision, device), passed=not problems,
-                  failures=problems)
+                  failures=problems, int4_weights=weights and {k: v for k, v in weights.items() if k != "mismatches"})
     return report
 
 
@@ -118,3 +129,35 @@ def verify(engines, model, video, question: str, options, max_new_tokens: int, p
     pipe = VideoLlama3Pipeline(engines, provider=provider)
     reference = VideoLlama3Reference(resolve_model(model))
     return check_engines(pipe, reference, video, question, max_new_tokens, "cpu" if provider == "cpu" else "cuda")
+
+
+def _static_dir(path: Path, n: int, w: int, h: int) -> Path:
+    from PIL import Image
+
+    from .synthetic import render_scene
+
+    path.mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(render_scene(0, w, h, seed=3, scene="static")).save(path / f"f{i:03d}.png")
+    return path
+
+
+def parity_clips(tmp: Path) -> dict[str, Path]:
+    """The 10 clips of the parity check (tests/test_videollama3_parity.py, scripts/videollama3_parity.py):
+    moving (nothing pruned), static (most pruned), sizes off the 28-pixel grid, 200 s at 1 fps (capped
+    at 180 frames), tall, image directories (read at 1 frame per second), 30 fps."""
+    from .synthetic import make_clip, make_image_dir
+
+    return {
+        "moving": make_clip(tmp / "moving.mp4", num_frames=48, width=160, height=120, fps=24, seed=0),
+        "moving-odd": make_clip(tmp / "odd.mp4", num_frames=30, width=202, height=118, fps=10, seed=1),
+        "moving-object": make_clip(tmp / "obj.mp4", num_frames=72, width=150, height=96, fps=12, scene="moving-object"),
+        "static": make_clip(tmp / "static.mp4", num_frames=96, width=160, height=120, fps=24, scene="static", crf=0),
+        "static-noisy": make_clip(tmp / "noisy.mp4", num_frames=60, width=96, height=72, fps=10, scene="static",
+                                  noise=2.0),
+        "long-200s": make_clip(tmp / "long.mp4", num_frames=200, width=48, height=34, fps=1, seed=2),
+        "tall": make_clip(tmp / "tall.mp4", num_frames=20, width=58, height=200, fps=5, seed=4),
+        "dir-moving": make_image_dir(tmp / "dir-moving", num_frames=9, width=100, height=70, seed=5),
+        "dir-static": _static_dir(tmp / "dir-static", 6, 90, 62),
+        "fps30": make_clip(tmp / "fps30.mp4", num_frames=150, width=128, height=72, fps=30, seed=6),
+    }

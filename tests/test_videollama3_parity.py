@@ -6,10 +6,9 @@ not multiples of 28, a clip longer than 180 s (sampling caps at 180 frames), ima
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from sfedge.parity_videollama3 import parity_clips
 from sfedge.spec import GenerationSpec
 
 pytest.importorskip("torchvision", reason="the VideoLLaMA3 reference's video processor needs torchvision")
@@ -27,48 +26,17 @@ def vl3(tiny_vl3_dir, vl3_engines_fp32):
     return tiny_vl3_dir, vl3_engines_fp32, VideoLlama3Reference(tiny_vl3_dir), VideoLlama3Pipeline(vl3_engines_fp32)
 
 
-def _static_dir(path, n, w, h):
-    from sfedge.synthetic import render_scene
-
-    path.mkdir(parents=True)
-    for i in range(n):
-        Image.fromarray(render_scene(0, w, h, seed=3, scene="static")).save(path / f"f{i:03d}.png")
-    return path
-
-
-def _clips(tmp):
-    from sfedge.synthetic import make_clip, make_image_dir
-
-    return {
-        "moving": make_clip(tmp / "moving.mp4", num_frames=48, width=160, height=120, fps=24, seed=0),
-        "moving-odd": make_clip(tmp / "odd.mp4", num_frames=30, width=202, height=118, fps=10, seed=1),
-        "moving-object": make_clip(tmp / "obj.mp4", num_frames=72, width=150, height=96, fps=12, scene="moving-object"),
-        "static": make_clip(tmp / "static.mp4", num_frames=96, width=160, height=120, fps=24, scene="static", crf=0),
-        "static-noisy": make_clip(tmp / "noisy.mp4", num_frames=60, width=96, height=72, fps=10, scene="static",
-                                  noise=2.0),
-        "long-200s": make_clip(tmp / "long.mp4", num_frames=200, width=48, height=34, fps=1, seed=2),
-        "tall": make_clip(tmp / "tall.mp4", num_frames=20, width=58, height=200, fps=5, seed=4),
-        "dir-moving": make_image_dir(tmp / "dir-moving", num_frames=9, width=100, height=70, seed=5),
-        "dir-static": _static_dir(tmp / "dir-static", 6, 90, 62),
-        "fps30": make_clip(tmp / "fps30.mp4", num_frames=150, width=128, height=72, fps=30, seed=6),
-    }
-
-
 def _reference(ref, path):
-    from sfedge.reference.videollama3 import decode_all
-    from sfedge.runtime.video import load_video
+    from sfedge.parity_videollama3 import decoded
 
-    if path.is_dir():  # the runtime reads an image directory as 1 frame per second
-        clip = load_video(path, sampler=lambda total: list(range(total)))
-        return lambda **kw: ref.answer_frames(np.stack(clip.frames), 1.0, QUESTION, GEN.max_new_tokens, **kw)
-    frames, fps = decode_all(path)
+    frames, fps = decoded(path)
     return lambda **kw: ref.answer_frames(frames, fps, QUESTION, GEN.max_new_tokens, **kw)
 
 
 def test_token_parity_on_ten_clips(vl3, tmp_path):
     _, _, ref, pipe = vl3
     rows = []
-    for name, path in _clips(tmp_path).items():
+    for name, path in parity_clips(tmp_path).items():
         want = _reference(ref, path)()
         got = pipe.ask(path, QUESTION, gen=GEN)
         rows.append((name, got.visual_tokens_kept, got.visual_tokens_pruned, len(got.frame_indices)))
