@@ -89,3 +89,23 @@ print([m for m in ("torch", "transformers") if m in sys.modules], rc)
     assert lines[-1] == "[] 0"
     report = json.loads(lines[-2])
     assert report["visual_tokens_pruned"] > 0 and report["visual_tokens_kept"] == sum(report["kept_per_frame"])
+
+
+def test_plan_and_bench_read_videollama3_engines(vl3, tmp_path, capsys):
+    """`plan --engines` counts the video budget and the timestamp text with the engines' tokenizer;
+    `bench --no-reference` times the stages and reports what pruning removed."""
+    import json
+
+    from sfedge.cli import main
+    from sfedge.synthetic import make_clip
+
+    _, engines, _, _ = vl3
+    assert main(["plan", "--engines", str(engines), "--target", "orin-nano-8gb", "--frames", "10", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert plan["settings"]["slowfast"] == "video budget" and plan["settings"]["visual_tokens"] == 60
+    assert plan["settings"]["text_tokens"] > 10 * 5  # "Time t.ts:" before each of the 10 frames
+    clip = make_clip(tmp_path / "static.mp4", num_frames=48, width=96, height=72, fps=12, scene="static", crf=0)
+    assert main(["bench", str(engines), "--video", str(clip), "--no-reference", "--no-roofline", "--runs", "1",
+                 "--warmup", "0", "--new-tokens", "4", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["engine"]["visual_tokens_pruned"] > 0 and report["visual_tokens"] < 4 * 12
