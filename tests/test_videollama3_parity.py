@@ -109,3 +109,19 @@ def test_plan_and_bench_read_videollama3_engines(vl3, tmp_path, capsys):
                  "--warmup", "0", "--new-tokens", "4", "--json"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["engine"]["visual_tokens_pruned"] > 0 and report["visual_tokens"] < 4 * 12
+
+
+def test_second_question_reuses_the_video_prefix(vl3, tmp_path):
+    """The prefix cache keys each frame block by the video's content: a second question about the same
+    video prefills only its own text, and still gives the reference's tokens."""
+    from sfedge.synthetic import make_clip
+
+    _, _, ref, pipe = vl3
+    path = make_clip(tmp_path / "obj.mp4", num_frames=60, width=120, height=90, fps=12, scene="moving-object")
+    first = pipe.ask(path, QUESTION, gen=GEN)
+    second = pipe.ask(path, "Where does the disc go?", gen=GEN)
+    assert first.reused_prompt_tokens == 0 or first.reused_prompt_tokens < first.prompt_tokens
+    assert second.reused_prompt_tokens >= second.prompt_tokens - 30  # everything up to the question's text
+    frames_fps = __import__("sfedge.parity_videollama3", fromlist=["decoded"]).decoded(path)
+    want = ref.answer_frames(*frames_fps, "Where does the disc go?", GEN.max_new_tokens)
+    assert second.token_ids == want.token_ids
