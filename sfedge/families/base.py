@@ -73,3 +73,16 @@ class Family:
     verify: Callable[..., dict] | None = None
     # `bench_reference(cfg, gen, manifest, checkpoint, dtype, on_cuda) -> bench SideResult`: `sfedge bench`
     bench_reference: Callable[..., Any] | None = None
+
+
+def lazy(module: str, name: str) -> Callable[..., Any]:
+    """A hook that imports `module` only when called (so declaring a family imports nothing heavy)
+    and calls its `name` with the hook's arguments."""
+
+    def hook(*args, **kwargs):
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    hook.__qualname__ = hook.__name__ = f"{module}.{name}"
+    return hook

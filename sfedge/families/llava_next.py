@@ -10,7 +10,7 @@ Visual layout: one block of `spec.slowfast.num_tokens(T)` tokens keyed by the wi
 from __future__ import annotations
 
 from ..prompts import build_prompt, detect_family, tokenize_prompt
-from .base import Family, PromptContext, VisualBlock
+from .base import Family, PromptContext, VisualBlock, lazy
 
 GRAPHS = ("vision", "slowfast", "llm", "embeddings", "tokenizer", "greedy_step", "splice")
 
@@ -37,24 +37,8 @@ def reference(checkpoint, **kw):
     return SlowFastLlava.from_pretrained(checkpoint, **kw)
 
 
-def pipeline(engines_dir, **kw):
-    from ..runtime.pipeline import Pipeline
-
-    return Pipeline(engines_dir, **kw)
-
-
-def verify(engines, model, video, question, options, max_new_tokens, provider):
-    from ..parity import verify as verify_llava
-
-    return verify_llava(engines, model, video, question, options, max_new_tokens, provider)
-
-
-def bench_reference(cfg, gen, manifest, checkpoint, dtype, on_cuda):
-    from ..bench.runner import bench_reference as timed
-
-    return timed(cfg, gen, manifest, checkpoint, dtype, on_cuda)
-
-
 LLAVA_NEXT = Family(name="llava_next", model_types=("llava_next",), graphs=GRAPHS, prompt_ids=prompt_ids,
                     layout=layout, encoder=encoder, reference=reference, detect_variant=detect_family,
-                    pipeline=pipeline, verify=verify, bench_reference=bench_reference)
+                    pipeline=lazy("sfedge.runtime.pipeline", "Pipeline"),
+                    verify=lazy("sfedge.parity", "verify"),
+                    bench_reference=lazy("sfedge.bench.runner", "bench_reference"))

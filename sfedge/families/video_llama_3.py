@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .base import Family, PromptContext, VisualBlock
+from .base import Family, PromptContext, VisualBlock, lazy
 
 GRAPHS = ("vision", "llm", "embeddings", "tokenizer", "greedy_step", "splice")
 VARIANT = "chat_template"  # one prompt: the checkpoint's template
@@ -71,24 +71,8 @@ def reference(checkpoint, **kw):
     return VideoLlama3Reference(checkpoint, **kw)
 
 
-def pipeline(engines_dir, **kw):
-    from ..runtime.videollama3_pipeline import VideoLlama3Pipeline
-
-    return VideoLlama3Pipeline(engines_dir, **kw)
-
-
-def verify(engines, model, video, question, options, max_new_tokens, provider):
-    from ..parity_videollama3 import verify as verify_videollama3
-
-    return verify_videollama3(engines, model, video, question, options, max_new_tokens, provider)
-
-
-def bench_reference(cfg, gen, manifest, checkpoint, dtype, on_cuda):
-    from ..bench.videollama3 import bench_reference as timed
-
-    return timed(cfg, gen, manifest, checkpoint, dtype, on_cuda)
-
-
 VIDEO_LLAMA_3 = Family(name="video_llama_3", model_types=("video_llama_3",), graphs=GRAPHS, prompt_ids=prompt_ids,
                        layout=layout, encoder=encoder, reference=reference, detect_variant=lambda vocab: VARIANT,
-                       pipeline=pipeline, verify=verify, bench_reference=bench_reference)
+                       pipeline=lazy("sfedge.runtime.videollama3_pipeline", "VideoLlama3Pipeline"),
+                       verify=lazy("sfedge.parity_videollama3", "verify"),
+                       bench_reference=lazy("sfedge.bench.videollama3", "bench_reference"))
