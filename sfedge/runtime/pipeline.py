@@ -83,6 +83,9 @@ class Pipeline:
         `prune` False is refused: SlowFast-LLaVA has no token pruning (VideoLLaMA3's pipeline has)."""
         root = Path(engines_dir)
         self.manifest = load_manifest(root)  # raises ManifestError before anything is loaded
+        if "pipeline" not in self.manifest:  # another family's engines (its own pipeline: open_pipeline)
+            raise SfedgeError(f"{root} holds {self.manifest.get('family')} engines: `sfedge ask`, `verify`, `bench` and "
+                              "`plan` run them; `watch`, `serve` and `demo` run SlowFast-LLaVA engines only for now")
         if not prune:
             raise SfedgeError("--no-prune: these engines prune no tokens (SlowFast-LLaVA pools every frame); "
                               "pruning is VideoLLaMA3's")

@@ -165,5 +165,5 @@ class VideoLlama3Pipeline:
             timings_ms={k: round(timings.get(k, 0.0), 3) for k in STAGES}, tokens_per_s=answer.tokens_per_s,
             stop_reason=answer.stop_reason, first_logits=answer.first_logits,
             visual_tokens_kept=video.kept, visual_tokens_pruned=video.pruned, kept_per_frame=video.kept_per_frame,
-            timestamps=video.timestamps, pruning=bool(self.prune if prune is None else prune))
+            timestamps=[round(t, 4) for t in video.timestamps], pruning=bool(self.prune if prune is None else prune))
         return self.last_result
