@@ -67,3 +67,26 @@ def test_prompt_ids_equal_the_processors(vl3_ckpt, t, h, w, fps, static):
     np.testing.assert_array_equal(video.keep.reshape(-1), inputs["video_compression_mask"].numpy())
     if static:
         assert video.kept_per_frame[1:] == [1] * (len(ours_idx) - 1)
+
+
+def test_family_prompt_through_the_splice_plan_is_the_processors_layout(vl3_ckpt):
+    """The registry finds VideoLLaMA3 by model_type; its prompt (one video token per frame block)
+    through the shared splice plan puts each frame's kept tokens exactly where `build` (checked
+    against the processor above) puts them."""
+    from sfedge.families import family_for_checkpoint
+    from sfedge.families.video_llama_3 import ChatTemplateContext, FrameBlock
+    from sfedge.runtime.splice import SplicePlan, segments_from_marked
+
+    family = family_for_checkpoint(vl3_ckpt)
+    assert family.name == "video_llama_3" and "splice" in family.graphs and "slowfast" not in family.graphs
+    spec, tok = _spec(vl3_ckpt), TextTokenizer(vl3_ckpt)
+    stamps, kept = [0.0, 1.0, 2.0], [4, 1, 2]
+    blocks = [FrameBlock(bytes([i]), n, t) for i, (n, t) in enumerate(zip(kept, stamps))]
+    ctx = ChatTemplateContext(tok.encode, None, spec.video_token_id, "chat_template", prompt=spec)
+    plan = SplicePlan.build(segments_from_marked(family.prompt_ids(ctx, "Why?", None, blocks), spec.video_token_id,
+                                                 blocks))
+    want = vprompt.build(spec, tok, "Why?", stamps, kept)
+    assert plan.positions.tolist() == [s + i for s, n in zip(want.starts, want.counts) for i in range(n)]
+    assert [item if not isinstance(item, tuple) else spec.video_token_id for item in plan.items] == want.ids
+    with pytest.raises(ValueError, match="open question"):
+        family.prompt_ids(ctx, "Why?", ["a", "b"], blocks)
