@@ -276,10 +276,9 @@ def check_engines(pipeline, reference, engines_root, video, question: str, optio
 def verify(engines, model, video, question: str, options, max_new_tokens: int, provider: str) -> dict:
     """`sfedge verify` for SlowFast-LLaVA engines (Family.verify): the reference with the engines'
     settings, then `check_engines`."""
-    from .reference.model import SlowFastLlava
     from .runtime.pipeline import Pipeline
 
     pipe = Pipeline(engines, provider=provider)
-    reference = SlowFastLlava.from_pretrained(model, spec=pipe.spec, lazy_upcast=True)
+    reference = pipe.family.reference(model, spec=pipe.spec, lazy_upcast=True)  # the engines' family's
     return check_engines(pipe, reference, engines, video, question, options, max_new_tokens,
                          device="cpu" if provider == "cpu" else "cuda")

@@ -64,6 +64,7 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32", de
     Raises SfedgeError on bad input (exit 2), ValidationError when a graph disagrees with PyTorch
     beyond its tolerance or the runtime's tokenizer disagrees with the checkpoint's (exit 1; the
     latter unless `allow_tokenizer_mismatch`, which records the differences in the manifest)."""
+    from ..families import family_for_checkpoint
     from ..models.tiny import resolve_model
     from .leftovers import remove_stale, scratch_prefix
     from .llm import text_context
@@ -75,6 +76,7 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32", de
     if max_frames < 1:
         raise SfedgeError(f"max_frames must be >= 1, got {max_frames}")
     ckpt = resolve_model(model)
+    family = family_for_checkpoint(ckpt)  # an unknown model_type is refused before anything is written
     out = Path(out)
     if out.exists() and not force:
         raise SfedgeError(f"{out} exists (use --force to replace it)")
@@ -84,14 +86,8 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32", de
         print(f"removed {path} (left by export process {pid}, which is gone)", file=sys.stderr)
     partial = Path(tempfile.mkdtemp(prefix=scratch_prefix(f"{out.name}.partial"), dir=out.parent))
     try:
-        if _model_type(ckpt) == "video_llama_3":
-            from .videollama3 import build as build_videollama3
-
-            manifest = build_videollama3(str(model), ckpt, partial, precision, device, max_frames, validate, progress,
-                                         context)
-        else:
-            manifest = _build(str(model), ckpt, partial, precision, device, max_frames, slowfast, validate,
-                              progress, context, allow_tokenizer_mismatch)
+        manifest = family.export(str(model), ckpt, family, partial, precision, device, max_frames, slowfast, validate,
+                                 progress, context, allow_tokenizer_mismatch)
         _default_permissions(partial)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
@@ -102,13 +98,7 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32", de
     return manifest
 
 
-def _model_type(ckpt: Path) -> str | None:
-    import json
-
-    return json.loads((ckpt / "config.json").read_text()).get("model_type")
-
-
-def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_frames: int,
+def _build(name: str, ckpt: Path, model_family, root: Path, precision: str, device: str, max_frames: int,
            slowfast: SlowFastSpec, validate: bool, progress: bool, context: dict,
            allow_tokenizer_mismatch: bool) -> dict:
     import numpy as np
@@ -117,7 +107,6 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
     from .. import __version__
     from ..context import kv_cache_bytes
     from ..manifest import write_manifest
-    from ..families import family_for_checkpoint
     from ..runtime.tokenizer import TextTokenizer
     from . import llm as llm_mod
     from .leftovers import scratch_prefix
@@ -129,7 +118,6 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
     from .vision import export_vision
 
     started = time.perf_counter()
-    model_family = family_for_checkpoint(ckpt)  # before anything is built: an unknown model_type is refused
     bar = _Stages(STAGES if validate else STAGES[:7], progress)
     try:
         bar.step("tokenizer guard")  # first: a tokenizer that disagrees fails the export in seconds

@@ -91,6 +91,13 @@ def model_block(ref, llm: dict, table_shape: tuple, max_frames: int) -> dict:
     }
 
 
+def export(name: str, ckpt: Path, family, root: Path, precision: str, device: str, max_frames: int, slowfast,
+           validate: bool, progress: bool, context: dict, allow_tokenizer_mismatch: bool) -> dict:
+    """Family.export of video_llama_3 (`export_model`'s call; SlowFast settings and the tokenizer guard
+    do not apply to this family)."""
+    return build(name, ckpt, root, precision, device, max_frames, validate, progress, context)
+
+
 def build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_frames: int, validate: bool,
           progress: bool, context: dict) -> dict:
     """Fill `root` (a fresh scratch directory) with the engines; return the manifest as written."""

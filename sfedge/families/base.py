@@ -73,6 +73,9 @@ class Family:
     verify: Callable[..., dict] | None = None
     # `bench_reference(cfg, gen, manifest, checkpoint, dtype, on_cuda) -> bench SideResult`: `sfedge bench`
     bench_reference: Callable[..., Any] | None = None
+    # `export(name, ckpt, family, root, precision, device, max_frames, slowfast, validate, progress, context,
+    # allow_tokenizer_mismatch) -> manifest`: fills the scratch engines directory (`export_model` owns it)
+    export: Callable[..., dict] | None = None
 
 
 def lazy(module: str, name: str) -> Callable[..., Any]:

@@ -41,4 +41,5 @@ LLAVA_NEXT = Family(name="llava_next", model_types=("llava_next",), graphs=GRAPH
                     layout=layout, encoder=encoder, reference=reference, detect_variant=detect_family,
                     pipeline=lazy("sfedge.runtime.pipeline", "Pipeline"),
                     verify=lazy("sfedge.parity", "verify"),
-                    bench_reference=lazy("sfedge.bench.runner", "bench_reference"))
+                    bench_reference=lazy("sfedge.bench.runner", "bench_reference"),
+                    export=lazy("sfedge.export", "_build"))

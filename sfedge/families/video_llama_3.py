@@ -75,4 +75,5 @@ VIDEO_LLAMA_3 = Family(name="video_llama_3", model_types=("video_llama_3",), gra
                        layout=layout, encoder=encoder, reference=reference, detect_variant=lambda vocab: VARIANT,
                        pipeline=lazy("sfedge.runtime.videollama3_pipeline", "VideoLlama3Pipeline"),
                        verify=lazy("sfedge.parity_videollama3", "verify"),
-                       bench_reference=lazy("sfedge.bench.videollama3", "bench_reference"))
+                       bench_reference=lazy("sfedge.bench.videollama3", "bench_reference"),
+                       export=lazy("sfedge.export.videollama3", "export"))

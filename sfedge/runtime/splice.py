@@ -105,8 +105,9 @@ class Splicer:
 
     def embeds(self, plan: SplicePlan, visual, start: int = 0) -> ort.OrtValue:
         """Embeddings [1, L - start, D] on the device of the plan's positions from `start` on.
-        `visual`: the pooled tokens [N, D]: an OrtValue (bound as is), a DeviceTensor (bound by its
-        pointer) or a numpy array (copied to the device)."""
+        `visual`: the pooled tokens [N, D]: an OrtValue on this device (bound as is), a DeviceTensor of
+        an engine on this device (bound by its pointer), else copied through the host (a numpy array;
+        a fake TensorRT engine's buffer in the tests, whose LLM runs on the CPU)."""
         ids, rows, positions = plan.tail(start)
         b = self.binding
         b.clear_binding_inputs()
@@ -116,12 +117,14 @@ class Splicer:
         b.bind_ortvalue_input("rows", keep[1])
         b.bind_ortvalue_input("positions", keep[2])
         b.bind_ortvalue_input("table", self.table)
-        if isinstance(visual, ort.OrtValue):
+        if isinstance(visual, ort.OrtValue) and visual.device_name().lower() == self.device:
             b.bind_ortvalue_input("visual", visual)
-        elif hasattr(visual, "ptr"):  # a TensorRT DeviceTensor: read in place
+        elif hasattr(visual, "ptr") and getattr(getattr(visual, "engine", None), "device", None) == self.device:
+            # a TensorRT DeviceTensor on this device: read in place
             b.bind_input("visual", self.device, 0, np.dtype(visual.dtype), list(visual.shape), visual.ptr)
-        else:
-            keep.append(self._value(np.ascontiguousarray(visual, dtype=self.visual_dtype)))
+        else:  # host tokens, or tokens on another device: through the host (never on sfedge's own paths)
+            host = visual if isinstance(visual, np.ndarray) else visual.numpy()
+            keep.append(self._value(np.ascontiguousarray(host, dtype=self.visual_dtype)))
             b.bind_ortvalue_input("visual", keep[-1])
         b.bind_output("embeds", self.device, 0)
         self.session.run_with_iobinding(b)
