@@ -26,6 +26,7 @@ from functools import lru_cache
 import numpy as np
 
 _CHUNK_VALUES = 1 << 22  # pixel values resized per pass (32 MB as float64)
+_DENSE_MULT = 32  # a matrix product when an input axis is at most this many times the taps per output
 _A = -0.5  # Keys' cubic convolution parameter PyTorch's antialiased bicubic uses (as PIL does)
 
 
@@ -80,7 +81,7 @@ def _resample(x: np.ndarray, axis: int, n_out: int) -> np.ndarray:
     n_in = x.shape[axis]
     first, weights, precision = _taps(n_in, n_out)
     k = weights.shape[1]
-    if n_in <= 32 * k:
+    if n_in <= _DENSE_MULT * k:
         moved = np.moveaxis(x, axis, -1)  # [..., n_in]
         acc = np.ascontiguousarray(moved).reshape(-1, n_in).astype(np.float64) @ _dense(n_in, n_out).T
         out = np.floor((acc + (1 << (precision - 1))) * (1.0 / (1 << precision)))
