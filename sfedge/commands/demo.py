@@ -28,14 +28,20 @@ def add_arguments(p) -> None:
 
 def cached_engines(llm: str, precision: str, device: str) -> Path:
     """The tiny model's engines under the cache directory, exported once (export_model builds
-    beside the target and renames into place, so an interrupted export is never reused)."""
+    beside the target and renames into place, so an interrupted export is never reused); engines
+    an older sfedge cached (another manifest schema) are exported again."""
+    import json
+
     from ..cache import cache_dir
-    from ..manifest import MANIFEST_NAME
+    from ..manifest import MANIFEST_NAME, SCHEMA_VERSION
     from ..models.tiny import resolve_model
 
     target = cache_dir() / "engines" / f"tiny-{llm}-{precision}-{device}"
-    if (target / MANIFEST_NAME).is_file():
-        return target
+    try:
+        if json.loads((target / MANIFEST_NAME).read_text()).get("schema_version") == SCHEMA_VERSION:
+            return target
+    except (OSError, ValueError, AttributeError):  # none yet, or unreadable: export
+        pass
     from ..export import export_model
 
     export_model(resolve_model(f"tiny-{llm}"), target, precision=precision, device=device, force=True)

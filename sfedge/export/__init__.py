@@ -2,7 +2,7 @@
 
 OUT holds:
 
-    vision.onnx (+ .data)     pixel_values [T,3,336,336] f32 -> features [T,576,D]
+    vision.onnx (+ .data)     frames [T,336,336,3] uint8 -> features [T,576,D] (normalised inside)
     slowfast.onnx (+ .data)   features [T,576,D] -> visual_tokens [S*k + T*G*G, D]
     llm/model.onnx (+ .data)  onnxruntime-genai decoder: inputs_embeds + KV cache -> logits
     llm/genai_config.json     the builder's config (+ its copy of the tokenizer)
@@ -115,7 +115,7 @@ def _build(name: str, ckpt: Path, model_family, root: Path, precision: str, devi
     from .step import export_splice, export_step
     from .tokenizer_guard import guard
     from .validate import compare, int4_settings, reference_cases
-    from .vision import export_vision
+    from .vision import export_vision, normalisation_record
 
     started = time.perf_counter()
     bar = _Stages(STAGES if validate else STAGES[:7], progress)
@@ -152,7 +152,7 @@ def _build(name: str, ckpt: Path, model_family, root: Path, precision: str, devi
         vision_parts = (ref.model.model.vision_tower, ref.model.model.multi_modal_projector)
         for part in vision_parts:  # torch.onnx traces on the CPU; the LLM stays where it is
             part.cpu()
-        _, vspec = export_vision(ref.model, max_frames, root, vdtype)
+        _, vspec = export_vision(ref.model, max_frames, root, vdtype, pipeline.preprocess)
         for part in vision_parts:
             part.to(ref_device)
         del vision_parts, part  # no reference may outlive `ref` (freed before validation's sessions)
@@ -179,7 +179,7 @@ def _build(name: str, ckpt: Path, model_family, root: Path, precision: str, devi
                                                              llm["kv_cache"]["dtype"])),
             "tokenizer_guard": tokenizer_guard,
             "components": {
-                "vision": component_entry(root, vspec, vprec),
+                "vision": component_entry(root, vspec, vprec) | {"normalisation": normalisation_record(pipeline.preprocess)},
                 "slowfast": component_entry(root, sspec, vprec),
                 "llm": llm,
                 "embeddings": {"path": "embeddings.npy", "dtype": emb_dtype, "shape": list(table_shape)},

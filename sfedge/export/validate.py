@@ -128,7 +128,7 @@ def reference_cases(ref, max_frames: int, question: str = CHAIN_QUESTION, seed: 
     dequantized weights (half b), so the int4 tolerance bounds arithmetic alone."""
     from .int4 import check_weights, int4_weights
 
-    from ..runtime.preprocess import preprocess
+    from ..runtime.preprocess import normalise, resize_frames
     from ..runtime.video import load_video
     from ..synthetic import has_encoder, make_clip, make_image_dir
 
@@ -137,8 +137,9 @@ def reference_cases(ref, max_frames: int, question: str = CHAIN_QUESTION, seed: 
     hidden = ref.model.config.text_config.hidden_size
     vision, slowfast = [], []
     for t in frame_counts(max_frames):
-        x = torch.randn(t, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen)
-        vision.append({"name": str(t), "input": x.numpy(), "expected": exact(x),
+        frames = torch.randint(0, 256, (t, IMAGE_SIZE, IMAGE_SIZE, 3), generator=gen, dtype=torch.uint8).numpy()
+        x = torch.from_numpy(normalise(frames, ref.spec.preprocess))  # SPEC 2 on the host: what the graph must equal
+        vision.append({"name": str(t), "input": frames, "expected": exact(x),
                        "torch_fp32": ref.vision_features(x, VISION_CHUNK).float().cpu().numpy()})
         f = torch.randn(t, TOKENS_PER_FRAME, hidden, generator=gen)
         slowfast.append({"name": str(t), "input": f.numpy(), "expected": ref.pool(f.to(ref.dtype)).float().cpu().numpy()})
@@ -151,11 +152,11 @@ def reference_cases(ref, max_frames: int, question: str = CHAIN_QUESTION, seed: 
         src = (make_clip(Path(tmp) / "clip.mp4", num_frames=60, seed=seed) if has_encoder("libx264")
                or has_encoder("mpeg4") else make_image_dir(Path(tmp) / "frames", 60, seed=seed))
         clip = load_video(src, num_frames)
-    pixels = preprocess(clip.frames, ref.spec.preprocess)
+    frames = resize_frames(clip.frames, ref.spec.preprocess)
     ids = ref.prompt_ids(question)
-    visual = ref.pool(ref.vision_features(torch.from_numpy(pixels), VISION_CHUNK))
+    visual = ref.pool(ref.vision_features(torch.from_numpy(normalise(frames, ref.spec.preprocess)), VISION_CHUNK))
     with int4_weights(ref, int4["block_size"]) if int4 else contextlib.nullcontext():
-        chain = {"pixels": pixels, "ids": ids, "image_pos": ids.index(ref.image_token_id),
+        chain = {"frames": frames, "ids": ids, "image_pos": ids.index(ref.image_token_id),
                  "expected": ref.first_step_logits(ref.inputs_embeds(ids, visual)).cpu().numpy()}
         cases = {"vision": vision, "slowfast": slowfast, "llm": llm_case(ref, seed), "chain": chain}
     if int4:
@@ -178,13 +179,14 @@ def llm_case(ref, seed: int = 0) -> dict:
 
 
 def check_vision(path: Path, cases: list[dict], precision: str, device: str = "cpu") -> dict:
-    """vision.onnx vs the float64 reference (the full tower, so this also checks the truncation);
-    the error vs PyTorch's fp32 `vision_features` is reported beside it as rel_vs_torch_fp32."""
+    """vision.onnx on uint8 frames vs the float64 reference on the host-normalised pixels (the full
+    tower, so this also checks the truncation and the in-graph normalisation); the error vs PyTorch's
+    fp32 `vision_features` is reported beside it as rel_vs_torch_fp32."""
     sess = session(path, device)
-    dtype = _input_dtype(sess, "pixel_values")
+    (name,) = [i.name for i in sess.get_inputs()]
     report = {}
     for case in cases:
-        got = sess.run(None, {"pixel_values": case["input"].astype(dtype)})[0]
+        got = sess.run(None, {name: case["input"]})[0]
         report[case["name"]] = dict(errors(got, case["expected"]), rel_vs_torch_fp32=errors(got, case["torch_fp32"])["rel"])
     return _summary("vision", report, precision, device)
 
@@ -233,13 +235,14 @@ def check_chain(sess, root: Path, manifest: dict, case: dict, device: str = "cpu
     """First-step logits on the synthetic clip: vision.onnx -> slowfast.onnx -> splice.onnx ->
     decoder prefill (session `sess`) vs `SlowFastLlava.first_step_logits`."""
     comps = manifest["components"]
-    features = session(root / comps["vision"]["path"], device).run(None, {"pixel_values": case["pixels"]})[0]
+    vision = session(root / comps["vision"]["path"], device)
+    features = vision.run(None, {vision.get_inputs()[0].name: case["frames"]})[0]
     visual = session(root / comps["slowfast"]["path"], device).run(None, {"features": features})[0]
     table = np.load(root / comps["embeddings"]["path"])
     embeds = splice_embeds(root / comps["splice"]["path"], case["ids"], case["image_pos"], table, visual, device)
     got, expected = llm_step(sess, comps["llm"], embeds)[0][0, -1], case["expected"]
     result = _summary("chain", {"first_step_logits": errors(got, expected)}, manifest["precision"], device)
-    result.update(num_frames=len(case["pixels"]), num_visual_tokens=int(visual.shape[0]),
+    result.update(num_frames=len(case["frames"]), num_visual_tokens=int(visual.shape[0]),
                   top1_onnx=int(got.argmax()), top1_reference=int(expected.argmax()),
                   top1_agree=bool(got.argmax() == expected.argmax()))
     return result

@@ -30,7 +30,6 @@ from ..errors import SfedgeError
 from ..families import VisualBlock
 from .engines import session_options, session_providers
 
-Segment = "list[int] | VisualBlock"
 
 
 def segments_from_marked(ids: Sequence[int], marker: int, blocks: Sequence[VisualBlock]) -> list:
