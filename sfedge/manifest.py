@@ -10,6 +10,7 @@ Torch-free. Schema (version 1):
       "device": "cpu" | "cuda",                      # what the graphs were built/optimised for
       "quantization": {...} | null,                  # int4: method, block_size, accuracy_level ...
       "pipeline": PipelineSpec.to_dict(),            # sampling, preprocess, slowfast settings
+      "family": "llava_next",                        # the model family (sfedge/families); absent: llava_next
       "prompt_family": "vicuna" | "chatml",
       "model": {                                     # what the runtime needs to drive the LLM
         "hidden_size": D, "vocab_size": V, "num_layers": L, "num_kv_heads": H_kv,
@@ -24,6 +25,8 @@ Torch-free. Schema (version 1):
         "tokenizer":  {"path": "tokenizer"},       # a directory holding tokenizer.json
         "greedy_step": {"path": "greedy_step.onnx", "inputs": [IO], "outputs": [IO]}
                                                      # ArgMax(logits) + Gather(table) -> token, embeds
+        "splice":     {"path": "splice.onnx", "inputs": [IO], "outputs": [IO]}
+                                                     # Gather(table, ids) + ScatterND(visual) -> embeds
       },
       "source": {"checkpoint": "...", "config_sha256": "...", "weights_sha256": {file: sha}},
       "versions": {"torch": ..., "transformers": ..., "onnx": ..., "onnxruntime": ...,
@@ -99,11 +102,13 @@ import tempfile
 import time
 from pathlib import Path, PurePosixPath
 
-from .errors import ManifestError
+from .errors import ManifestError, SfedgeError
+from .families import family_of_manifest
+from .families.llava_next import LLAVA_NEXT
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-COMPONENTS = ("vision", "slowfast", "llm", "embeddings", "tokenizer", "greedy_step")
+COMPONENTS = LLAVA_NEXT.graphs  # the default family's; a manifest must hold its own family's `graphs`
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -132,7 +137,7 @@ def hash_tree(root: Path) -> dict[str, str]:
 def write_manifest(root: Path, manifest: dict) -> Path:
     """Fill in schema_version and the file hashes, then write root/manifest.json."""
     manifest = dict(manifest, schema_version=SCHEMA_VERSION, files=hash_tree(root))
-    missing = [c for c in COMPONENTS if c not in manifest.get("components", {})]
+    missing = [c for c in family_of_manifest(manifest).graphs if c not in manifest.get("components", {})]
     if missing:
         raise ValueError(f"manifest lacks components {missing}")
     path = Path(root) / MANIFEST_NAME
@@ -166,8 +171,12 @@ def load_manifest(root: Path, verify_files: bool = True, *, trust_stamps: bool =
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ManifestError(f"{path}: schema_version {version!r}, this sfedge reads {SCHEMA_VERSION}")
+    try:
+        graphs = family_of_manifest(manifest).graphs
+    except SfedgeError as e:
+        raise ManifestError(f"{path}: {e}") from None
     components = manifest.get("components")
-    missing = [c for c in COMPONENTS if not isinstance(components, dict) or not isinstance(components.get(c), dict)]
+    missing = [c for c in graphs if not isinstance(components, dict) or not isinstance(components.get(c), dict)]
     if missing:
         raise ManifestError(f"{path}: components missing: {', '.join(missing)}")
     files = manifest.get("files")
@@ -176,7 +185,7 @@ def load_manifest(root: Path, verify_files: bool = True, *, trust_stamps: bool =
     for rel in [*files, *(c.get("path", "") for c in components.values())]:
         if not _safe_relative(rel):
             raise ManifestError(f"{path}: unsafe path {rel!r} (must be relative, inside the engines directory)")
-    for name in COMPONENTS:
+    for name in graphs:
         rel = components[name].get("path", "")
         covered = rel in files or any(f.startswith(rel.rstrip("/") + "/") for f in files)
         if not covered:

@@ -130,14 +130,14 @@ def fake_tensorrt(calls: list, *, version="10.3.0", parse_errors=None, fp16_flag
 def make_engines_dir(root, vision=VISION_IO, slowfast=SLOWFAST_IO):
     """A minimal valid engines directory (fake ONNX bytes: the fake parser never reads them)."""
     root.mkdir(parents=True, exist_ok=True)
-    for name in ("vision.onnx", "slowfast.onnx", "greedy_step.onnx", "embeddings.npy", "llm/model.onnx",
+    for name in ("vision.onnx", "slowfast.onnx", "greedy_step.onnx", "splice.onnx", "embeddings.npy", "llm/model.onnx",
                  "tokenizer/tokenizer.json"):
         (root / name).parent.mkdir(exist_ok=True)
         (root / name).write_bytes(name.encode())
     manifest = {"precision": "fp32", "pipeline": {"sampling": {"num_frames": 50}}, "versions": {"tensorrt": None},
                 "components": {"vision": vision, "slowfast": slowfast, "llm": {"path": "llm/model.onnx"},
                                "embeddings": {"path": "embeddings.npy"}, "tokenizer": {"path": "tokenizer"},
-                               "greedy_step": {"path": "greedy_step.onnx"}}}
+                               "greedy_step": {"path": "greedy_step.onnx"}, "splice": {"path": "splice.onnx"}}}
     write_manifest(root, manifest)
     return root
 

@@ -57,7 +57,6 @@ def cached_clip() -> Path:
 
 def run(args) -> int:
     from ..models.tiny import resolve_model
-    from ..reference.model import SlowFastLlava
     from ..runtime.engines import check_provider, device_of
     from ..runtime.pipeline import STAGES, Pipeline, parse_options
     from ..parity import check_engines
@@ -77,7 +76,7 @@ def run(args) -> int:
         sys.stdout.write("answer:  ")
     result = pipe.ask(clip, args.question, options, gen, on_token=None if args.json else StreamPrinter())
     say("" if args.json else "\n" + format_timings(result, STAGES))
-    reference = SlowFastLlava.from_pretrained(resolve_model(f"tiny-{args.llm}"), spec=pipe.spec)
+    reference = pipe.family.reference(resolve_model(f"tiny-{args.llm}"), spec=pipe.spec)
     report = check_engines(pipe, reference, engines, clip, args.question, options, min(gen.max_new_tokens, 32),
                            device=device_of(args.provider))
     ok = report["passed"]

@@ -8,9 +8,12 @@ OUT holds:
     llm/genai_config.json     the builder's config (+ its copy of the tokenizer)
     embeddings.npy            token-embedding table [V, D] in the decoder's input dtype
     greedy_step.onnx          ArgMax(logits) + Gather(table): greedy decoding stays on the device
+    splice.onnx               Gather(table, ids) + ScatterND(visual tokens): prompt embeddings on the device
     tokenizer/                the checkpoint's tokenizer files
     manifest.json             the contract (sfedge/manifest.py), incl. the validation report
 
+The model family (sfedge/families) is detected from the checkpoint's config `model_type` and
+recorded in the manifest ("family"); its declaration supplies the reference and the prompt variant.
 First the tokenizer guard (tokenizer_guard.py): the runtime's tokenizer.json against the
 checkpoint's own SentencePiece tokenizer on the prompt chunks; a difference fails the export in
 seconds. The decoder is built for `max_context` positions (sfedge/context.py).
@@ -61,6 +64,7 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32", de
     Raises SfedgeError on bad input (exit 2), ValidationError when a graph disagrees with PyTorch
     beyond its tolerance or the runtime's tokenizer disagrees with the checkpoint's (exit 1; the
     latter unless `allow_tokenizer_mismatch`, which records the differences in the manifest)."""
+    from ..families import family_for_checkpoint
     from ..models.tiny import resolve_model
     from .leftovers import remove_stale, scratch_prefix
     from .llm import text_context
@@ -72,6 +76,9 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32", de
     if max_frames < 1:
         raise SfedgeError(f"max_frames must be >= 1, got {max_frames}")
     ckpt = resolve_model(model)
+    family = family_for_checkpoint(ckpt)  # an unknown model_type is refused before anything is written
+    if family.export is None:
+        raise SfedgeError(f"{ckpt}: this sfedge cannot export {family.name} checkpoints")
     out = Path(out)
     if out.exists() and not force:
         raise SfedgeError(f"{out} exists (use --force to replace it)")
@@ -81,14 +88,9 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32", de
         print(f"removed {path} (left by export process {pid}, which is gone)", file=sys.stderr)
     partial = Path(tempfile.mkdtemp(prefix=scratch_prefix(f"{out.name}.partial"), dir=out.parent))
     try:
-        if _model_type(ckpt) == "video_llama_3":
-            from .videollama3 import build as build_videollama3
-
-            manifest = build_videollama3(str(model), ckpt, partial, precision, device, max_frames, validate, progress,
-                                         context)
-        else:
-            manifest = _build(str(model), ckpt, partial, precision, device, max_frames, slowfast, validate,
-                              progress, context, allow_tokenizer_mismatch)
+        manifest = family.export(str(model), ckpt, partial, precision=precision, device=device, max_frames=max_frames,
+                                 slowfast=slowfast, validate=validate, progress=progress, context=context,
+                                 allow_tokenizer_mismatch=allow_tokenizer_mismatch)
         _default_permissions(partial)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
@@ -99,13 +101,17 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32", de
     return manifest
 
 
-def _model_type(ckpt: Path) -> str | None:
-    import json
+def build_llava_next(name: str, ckpt: Path, root: Path, *, precision: str, device: str, max_frames: int,
+                     slowfast: SlowFastSpec, validate: bool, progress: bool, context: dict,
+                     allow_tokenizer_mismatch: bool) -> dict:
+    """The llava_next family's export hook (sfedge/families/llava_next.py): fill `root` with its engines."""
+    from ..families import get_family
 
-    return json.loads((ckpt / "config.json").read_text()).get("model_type")
+    return _build(name, ckpt, get_family("llava_next"), root, precision, device, max_frames, slowfast, validate,
+                  progress, context, allow_tokenizer_mismatch)
 
 
-def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_frames: int,
+def _build(name: str, ckpt: Path, model_family, root: Path, precision: str, device: str, max_frames: int,
            slowfast: SlowFastSpec, validate: bool, progress: bool, context: dict,
            allow_tokenizer_mismatch: bool) -> dict:
     import numpy as np
@@ -114,14 +120,12 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
     from .. import __version__
     from ..context import kv_cache_bytes
     from ..manifest import write_manifest
-    from ..prompts import detect_family
-    from ..reference.model import SlowFastLlava
     from ..runtime.tokenizer import TextTokenizer
     from . import llm as llm_mod
     from .leftovers import scratch_prefix
     from .manifest_build import component_entry, model_block, read_manifest, source_identity, versions
     from .slowfast import export_slowfast
-    from .step import export_step
+    from .step import export_splice, export_step
     from .tokenizer_guard import guard
     from .validate import compare, int4_settings, reference_cases
     from .vision import export_vision
@@ -131,7 +135,7 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
     try:
         bar.step("tokenizer guard")  # first: a tokenizer that disagrees fails the export in seconds
         tokenizer_files = llm_mod.copy_tokenizer(ckpt, root / "tokenizer")
-        family = detect_family(TextTokenizer(root / "tokenizer").vocab())
+        family = model_family.detect_variant(TextTokenizer(root / "tokenizer").vocab())
         tokenizer_guard = guard(ckpt, root / "tokenizer", family, allow_tokenizer_mismatch)
         if validate:
             _check_chain_fits(root / "tokenizer", family, slowfast, min(SamplingSpec().num_frames, max_frames),
@@ -154,7 +158,7 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
         bar.step("reference")
         ref_device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
         pipeline = PipelineSpec(sampling=SamplingSpec(min(SamplingSpec().num_frames, max_frames)), slowfast=slowfast)
-        ref = SlowFastLlava.from_pretrained(ckpt, torch.float32, ref_device, pipeline, lazy_upcast=True)
+        ref = model_family.reference(ckpt, dtype=torch.float32, device=ref_device, spec=pipeline, lazy_upcast=True)
         vprec = vision_precision(precision, device)
         vdtype = torch.float16 if vprec == "fp16" else torch.float32
         bar.step("vision")
@@ -168,6 +172,7 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
         bar.step("slowfast")
         hidden = ref.model.config.text_config.hidden_size
         _, sspec = export_slowfast(slowfast, hidden, max_frames, root, vdtype)
+        splice = export_splice(root, sspec.outputs[0].dtype, emb_dtype)
 
         bar.step("manifest")
         table_shape = np.load(root / "embeddings.npy", mmap_mode="r").shape
@@ -178,6 +183,7 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
             "device": device,
             "quantization": llm_mod.quantization(precision, device),
             "pipeline": pipeline.to_dict(),
+            "family": model_family.name,
             "slowfast_name": slowfast.name(),
             "prompt_family": ref.prompt_family,
             "model": model_block(ref, llm, table_shape, max_frames),
@@ -192,6 +198,7 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
                 "embeddings": {"path": "embeddings.npy", "dtype": emb_dtype, "shape": list(table_shape)},
                 "tokenizer": {"path": "tokenizer", "files": sorted(tokenizer_files)},
                 "greedy_step": step,
+                "splice": splice,
             },
             "source": source_identity(name, ckpt),
             "versions": versions(),

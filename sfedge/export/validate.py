@@ -5,7 +5,7 @@ to the reference's range, so near-zero entries do not blow it up) and `cosine` (
 outputs). Bounds and their justification: `registry.rel_tol` / `registry.min_cosine` (per device). Inputs are
 random, at frame counts other than the export dummies' (vision 2, slowfast 3): 1, 7 and 50,
 capped at max_frames. The chain runs a synthetic clip through vision.onnx -> slowfast.onnx ->
-embeddings splice -> llm prefill and compares first-step logits with
+splice.onnx (bit for bit the host concatenation) -> llm prefill and compares first-step logits with
 `SlowFastLlava.first_step_logits`. Vision is compared with a float64 evaluation of the
 reference (see `fp64_vision_reference`); slowfast, llm and chain with PyTorch fp32.
 
@@ -230,20 +230,37 @@ def check_llm(sess, root: Path, llm: dict, case: dict, precision: str, device: s
 
 
 def check_chain(sess, root: Path, manifest: dict, case: dict, device: str = "cpu") -> dict:
-    """First-step logits on the synthetic clip: vision.onnx -> slowfast.onnx -> embeddings splice ->
+    """First-step logits on the synthetic clip: vision.onnx -> slowfast.onnx -> splice.onnx ->
     decoder prefill (session `sess`) vs `SlowFastLlava.first_step_logits`."""
     comps = manifest["components"]
     features = session(root / comps["vision"]["path"], device).run(None, {"pixel_values": case["pixels"]})[0]
     visual = session(root / comps["slowfast"]["path"], device).run(None, {"features": features})[0]
     table = np.load(root / comps["embeddings"]["path"])
-    ids, pos = case["ids"], case["image_pos"]
-    embeds = np.concatenate([table[ids[:pos]], visual.astype(table.dtype), table[ids[pos + 1:]]])[None]
+    embeds = splice_embeds(root / comps["splice"]["path"], case["ids"], case["image_pos"], table, visual, device)
     got, expected = llm_step(sess, comps["llm"], embeds)[0][0, -1], case["expected"]
     result = _summary("chain", {"first_step_logits": errors(got, expected)}, manifest["precision"], device)
     result.update(num_frames=len(case["pixels"]), num_visual_tokens=int(visual.shape[0]),
                   top1_onnx=int(got.argmax()), top1_reference=int(expected.argmax()),
                   top1_agree=bool(got.argmax() == expected.argmax()))
     return result
+
+
+def splice_embeds(path: Path, ids: list[int], pos: int, table: np.ndarray, visual: np.ndarray,
+                  device: str = "cpu") -> np.ndarray:
+    """The prompt embeddings [1, L, D] from the exported splice graph (as the runtime makes them),
+    checked to equal the host concatenation bit for bit; ValueError (the chain's failure) otherwise."""
+    from ..families import VisualBlock
+    from ..runtime.splice import SplicePlan, segments_from_marked
+
+    plan = SplicePlan.build(segments_from_marked(ids, ids[pos], [VisualBlock(b"", len(visual))]))
+    _, rows, positions = plan.tail(0)
+    got = session(path, device).run(None, {"ids": plan.ids, "table": table, "visual": visual, "rows": rows,
+                                           "positions": positions})[0]
+    want = np.concatenate([table[ids[:pos]], visual.astype(table.dtype), table[ids[pos + 1:]]])[None]
+    if not np.array_equal(got, want):
+        raise _GraphFailed(f"splice.onnx differs from the concatenation of the table rows and the visual "
+                           f"tokens (max |diff| {float(np.max(np.abs(got.astype(np.float64) - want))):.3g})")
+    return got
 
 
 def compare(root: Path, manifest: dict, cases: dict, device: str = "cpu", on_step=None) -> dict:
