@@ -46,6 +46,12 @@ def tiny_vl3_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def vl3_engines_fp32(tmp_path_factory, tiny_vl3_dir):
+    """fp32 engines of the tiny VideoLLaMA3 checkpoint, exported without validation (see above)."""
+    return export_tiny(tmp_path_factory, tiny_vl3_dir, "tiny-videollama3-fp32", "fp32")
+
+
+@pytest.fixture(scope="session")
 def clip_path(tmp_path_factory):
     from sfedge.synthetic import make_clip
 

@@ -88,9 +88,8 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32", de
         print(f"removed {path} (left by export process {pid}, which is gone)", file=sys.stderr)
     partial = Path(tempfile.mkdtemp(prefix=scratch_prefix(f"{out.name}.partial"), dir=out.parent))
     try:
-        manifest = family.export(str(model), ckpt, partial, precision=precision, device=device, max_frames=max_frames,
-                                 slowfast=slowfast, validate=validate, progress=progress, context=context,
-                                 allow_tokenizer_mismatch=allow_tokenizer_mismatch)
+        manifest = family.export(str(model), ckpt, family, partial, precision, device, max_frames, slowfast, validate,
+                                 progress, context, allow_tokenizer_mismatch)
         _default_permissions(partial)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
@@ -99,16 +98,6 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32", de
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return manifest
-
-
-def build_llava_next(name: str, ckpt: Path, root: Path, *, precision: str, device: str, max_frames: int,
-                     slowfast: SlowFastSpec, validate: bool, progress: bool, context: dict,
-                     allow_tokenizer_mismatch: bool) -> dict:
-    """The llava_next family's export hook (sfedge/families/llava_next.py): fill `root` with its engines."""
-    from ..families import get_family
-
-    return _build(name, ckpt, get_family("llava_next"), root, precision, device, max_frames, slowfast, validate,
-                  progress, context, allow_tokenizer_mismatch)
 
 
 def _build(name: str, ckpt: Path, model_family, root: Path, precision: str, device: str, max_frames: int,

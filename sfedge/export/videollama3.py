@@ -91,6 +91,13 @@ def model_block(ref, llm: dict, table_shape: tuple, max_frames: int) -> dict:
     }
 
 
+def export(name: str, ckpt: Path, family, root: Path, precision: str, device: str, max_frames: int, slowfast,
+           validate: bool, progress: bool, context: dict, allow_tokenizer_mismatch: bool) -> dict:
+    """Family.export of video_llama_3 (`export_model`'s call; SlowFast settings and the tokenizer guard
+    do not apply to this family)."""
+    return build(name, ckpt, root, precision, device, max_frames, validate, progress, context)
+
+
 def build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_frames: int, validate: bool,
           progress: bool, context: dict) -> dict:
     """Fill `root` (a fresh scratch directory) with the engines; return the manifest as written."""
@@ -104,7 +111,7 @@ def build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_fr
     from . import llm as llm_mod
     from .leftovers import scratch_prefix
     from .manifest_build import component_entry, read_manifest, source_identity, versions
-    from .step import export_step
+    from .step import export_splice, export_step
     from .videollama3_validate import compare, reference_cases
     from .videollama3_vision import export_vision
 
@@ -137,6 +144,7 @@ def build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_fr
         vprec = vision_precision(precision, device)
         bar.step("vision")
         _, vspec = export_vision(ref.model, max_frames, root, torch.float16 if vprec == "fp16" else torch.float32)
+        splice = export_splice(root, vspec.outputs[0].dtype, emb_dtype)  # kept vision features into the prompt
 
         bar.step("manifest")
         table_shape = np.load(root / "embeddings.npy", mmap_mode="r").shape
@@ -159,6 +167,7 @@ def build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_fr
                 "embeddings": {"path": "embeddings.npy", "dtype": emb_dtype, "shape": list(table_shape)},
                 "tokenizer": {"path": "tokenizer", "files": sorted(tokenizer_files)},
                 "greedy_step": step,
+                "splice": splice,
             },
             "source": source_identity(name, ckpt),
             "versions": versions(),
