@@ -10,6 +10,8 @@ import os
 
 import pytest
 
+import sfedge  # noqa: F401  (first: its torchvision_compat must precede any transformers import)
+
 os.environ.setdefault("SFEDGE_CACHE", "")  # set per session below
 
 

@@ -77,6 +77,8 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32", de
         raise SfedgeError(f"max_frames must be >= 1, got {max_frames}")
     ckpt = resolve_model(model)
     family = family_for_checkpoint(ckpt)  # an unknown model_type is refused before anything is written
+    if family.export is None:
+        raise SfedgeError(f"{ckpt}: this sfedge cannot export {family.name} checkpoints")
     out = Path(out)
     if out.exists() and not force:
         raise SfedgeError(f"{out} exists (use --force to replace it)")

@@ -207,7 +207,7 @@ def _cached(target: Path, make) -> Path:
             make(tmp, seed=0)
             tmp.rename(target)
         except OSError:
-            if not (target / "config.json").exists():
+            if not (target / "config.json").exists():  # not a concurrent maker that won the race
                 raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -225,18 +225,7 @@ def resolve_model(name_or_path: str | Path) -> Path:
         return _cached(cache_dir() / "tiny-videollama3-s0", make_tiny_videollama3)
     if name in TINY_NAMES:
         llm = TINY_NAMES[name]
-        target = cache_dir() / f"tiny-{llm}-s0"
-        if not (target / "config.json").exists():
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-            try:
-                make_tiny(tmp, seed=0, llm=llm)
-                tmp.rename(target)
-            except OSError:
-                if not (target / "config.json").exists():  # not a concurrent maker that won the race
-                    raise
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-        return target
+        return _cached(cache_dir() / f"tiny-{llm}-s0", lambda d, seed: make_tiny(d, seed=seed, llm=llm))
     path = Path(name).expanduser()
     if not (path / "config.json").is_file():
         raise SfedgeError(
