@@ -32,4 +32,4 @@ python -m pip show -q torchvision >/dev/null 2>&1 || {
     pip install -q --no-deps "torchvision==$TV_VERSION" 2>/dev/null \
         || pip install -q --no-deps "torchvision==$TV_VERSION" --index-url https://download.pytorch.org/whl/cpu
 }
-pip install -q -e ".[export,bench,serve,dev]"
+pip install -q -e ".[export,bench,serve,cluster,dev]"

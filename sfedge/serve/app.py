@@ -54,11 +54,15 @@ class ServeConfig:
         return min(self.request_timeout, 60.0)
 
 
-def create_app(config: ServeConfig, load, on_fatal=lambda message: None) -> FastAPI:
-    """`load()`: the Pipeline (called on the worker thread, so /health answers 503 meanwhile)."""
+def create_app(config: ServeConfig, load=None, on_fatal=lambda message: None, *, backend=None) -> FastAPI:
+    """`load()`: the Pipeline (called on the worker thread, so /health answers 503 meanwhile).
+
+    `backend(metrics)`, instead of `load`: what answers the jobs, with the Worker's interface (start, stop,
+    ready, submit, withdraw, health); sfedge/cluster/ passes one that forwards them to Ray Serve replicas,
+    whose own limits then do the queueing."""
     metrics = Metrics()
     media = Media(config.allowed_dirs, int(config.max_upload_mb * 2**20), config.tmp_root)
-    worker = Worker(load, config.max_queue, metrics, on_fatal)
+    worker = backend(metrics) if backend is not None else Worker(load, config.max_queue, metrics, on_fatal)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -105,7 +109,12 @@ def create_app(config: ServeConfig, load, on_fatal=lambda message: None) -> Fast
     @app.get("/health")
     async def health():
         if worker.ready.is_set():
-            return {"status": "ok", "model": config.model_name}
+            try:
+                details = await asyncio.to_thread(worker.health)
+            except Unavailable as e:
+                return JSONResponse(error_body(503, str(e), code="unavailable"), status_code=503,
+                                    headers={"Retry-After": "1"})
+            return {"status": "ok", "model": config.model_name, **details}
         return JSONResponse(error_body(503, "the engines are loading", code="loading"), status_code=503,
                             headers={"Retry-After": "1"})
 
@@ -144,13 +153,13 @@ def create_app(config: ServeConfig, load, on_fatal=lambda message: None) -> Fast
             raise ApiError(400, "options must be non-empty strings", param="options", code="invalid_value")
         path, temporary = await asyncio.to_thread(media.resolve, conv.video, f"messages.{conv.video_message}.content")
         release = (lambda: media.release(path)) if temporary else (lambda: None)
-        job = Job(Task(path, conv.question, req.options, gen, req.stops(), release), asyncio.get_running_loop())
+        job = Job(Task(path, conv.question, req.options, gen, req.stops(), release, temporary, bool(req.stream)),
+                  asyncio.get_running_loop())
         try:
             worker.submit(job)
         except QueueFull as e:
             release()
-            raise ApiError(429, f"the server is busy ({config.max_queue} requests waiting): retry after "
-                                f"{e.retry_after} s", code="queue_full", headers={"Retry-After": str(e.retry_after)})
+            raise _busy(e, config.max_queue) from None
         except Unavailable as e:
             release()
             raise ApiError(503, str(e), code="unavailable", headers={"Retry-After": "1"}) from None
@@ -167,13 +176,14 @@ def create_app(config: ServeConfig, load, on_fatal=lambda message: None) -> Fast
                 events = _sse(job, first, rid, config.model_name, include_usage, deadline, worker, metrics, t0,
                               config.request_timeout)
                 # on SIGTERM a running stream finishes (up to `grace` s), then it is cancelled
-                return EventSourceResponse(events, sep="\n", ping=15, shutdown_grace_period=config.grace)
+                return EventSourceResponse(events, sep="\n", ping=15, shutdown_grace_period=config.grace,
+                                           headers=job.headers)
             event = first
             while event[0] == "piece":
                 event = await _next_event(job, deadline, worker, gone, config.request_timeout)
                 _raise_error(event)
             metrics.latency.observe(time.perf_counter() - t0)
-            return completion(rid, config.model_name, event[1])
+            return JSONResponse(completion(rid, config.model_name, event[1]), headers=job.headers)
         except _ClientGone:
             return Response(status_code=499)  # nobody reads it; the metrics count it
         except BaseException:
@@ -253,11 +263,19 @@ async def _disconnected(request: Request) -> None:
             return
 
 
+def _busy(e: QueueFull, max_queue: int) -> ApiError:
+    waiting = e.waiting if e.waiting is not None else max_queue
+    return ApiError(429, f"the server is busy ({waiting} requests waiting): retry after {e.retry_after} s",
+                    code="queue_full", headers={"Retry-After": str(e.retry_after)})
+
+
 def _raise_error(event) -> None:
     kind, value = event
     if kind == "error":
         if isinstance(value, SfedgeError):
             raise from_runtime(str(value))
+        if isinstance(value, QueueFull):  # a backend's queue limit, found once the job was sent
+            raise _busy(value, value.waiting or 0)
         if isinstance(value, Unavailable):
             raise ApiError(503, str(value), code="unavailable")
         raise ApiError(500, f"internal error: {type(value).__name__}: {value}", code="internal_error")

@@ -42,6 +42,8 @@ class Task:
     gen: GenerationSpec
     stop: list[str]
     release: Callable[[], None] = lambda: None
+    temporary: bool = False  # the video is the server's own copy of an upload (not a path the client named)
+    stream: bool = False  # the client reads the answer as it is made (a backend must not restart it)
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Job:
     reason: str = "disconnect"
     submitted: float = field(default_factory=time.perf_counter)
     pieces: int = 0  # pieces taken from the generator (tokens, give or take a partial character)
+    headers: dict[str, str] = field(default_factory=dict)  # sent with the response (a backend's replica id)
 
     def cancel(self, reason: str = "disconnect") -> None:
         if not self.cancelled.is_set():
@@ -67,9 +70,9 @@ class Job:
 
 
 class QueueFull(Exception):
-    def __init__(self, retry_after: int):
+    def __init__(self, retry_after: int, waiting: int | None = None):
         super().__init__(f"queue full, retry after {retry_after} s")
-        self.retry_after = retry_after
+        self.retry_after, self.waiting = retry_after, waiting
 
 
 class Unavailable(Exception):
@@ -108,6 +111,10 @@ class Worker:
             self._queue.append(job)
             self.metrics.queue_depth.set(len(self._queue))
             self._cv.notify()
+
+    def health(self) -> dict:
+        """What /health adds to {"status": "ok"} (nothing here; a cluster backend lists its replicas)."""
+        return {}
 
     def withdraw(self, job: Job, reason: str) -> None:
         """Cancel a job: out of the queue if it waits there (its video released), else stopped by the worker."""
