@@ -15,8 +15,10 @@ rows first, then columns, through a uint8 intermediate. That kernel, step for st
 * out = clip((sum(w * x) + 2^(precision-1)) >> precision, 0, 255), rows first (skipped when the
   width does not change), then columns (skipped when the height does not change).
 
+The sums are float64 matrix products over bands of outputs (exact: integers far below 2^53).
+
 tests/test_videollama3_preprocess.py checks it against torch.nn.functional.interpolate on uint8.
-Only numpy: the runtime imports this.
+Only numpy (and threadpoolctl): the runtime imports this.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 _CHUNK_VALUES = 1 << 22  # pixel values resized per pass (32 MB as float64)
-_DENSE_MULT = 32  # a matrix product when an input axis is at most this many times the taps per output
+_GROUP = 16  # outputs per matrix product: their filter windows span few inputs even when downscaling hard
 _A = -0.5  # Keys' cubic convolution parameter PyTorch's antialiased bicubic uses (as PIL does)
 
 
@@ -63,40 +66,36 @@ def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 @lru_cache(maxsize=64)
-def _dense(n_in: int, n_out: int) -> np.ndarray:
-    """The same weights as an [n_out, n_in] float64 matrix (exact: integers far below 2^53)."""
+def _bands(n_in: int, n_out: int) -> list[tuple[int, int, int, int, np.ndarray]]:
+    """The weights as float64 matrices over bands of `_GROUP` consecutive outputs: (first output,
+    end, first input, end, [inputs, outputs] weights) with only the inputs the band's taps reach, so
+    a strong downscale multiplies by its filter windows instead of the whole axis. Exact: every
+    product and sum is an integer far below 2^53."""
     first, weights, _ = _taps(n_in, n_out)
-    out = np.zeros((n_out, n_in + weights.shape[1]), np.float64)
-    rows = np.arange(n_out)[:, None]
-    out[rows, first[:, None] + np.arange(weights.shape[1])[None, :]] = weights
-    return out[:, :n_in]
+    k = weights.shape[1]
+    dense = np.zeros((n_out, n_in + k), np.float64)
+    dense[np.arange(n_out)[:, None], first[:, None] + np.arange(k)[None, :]] = weights
+    bands = []
+    for o0 in range(0, n_out, _GROUP):
+        o1 = min(n_out, o0 + _GROUP)
+        i0, i1 = int(first[o0:o1].min()), int(min(n_in, (first[o0:o1] + k).max()))
+        bands.append((o0, o1, i0, i1, np.ascontiguousarray(dense[o0:o1, i0:i1].T)))
+    return bands
 
 
 def _resample(x: np.ndarray, axis: int, n_out: int) -> np.ndarray:
-    """One pass along `axis` (1: rows, 2: columns) of uint8 frames [N, H, W, C].
-
-    Few input pixels per output (or a short axis): one float64 matrix product for all the frames,
-    exact because every product and sum is an integer below 2^53; long windows (strong
-    downscaling): a gather per tap in int32."""
+    """One pass along `axis` (1: rows, 2: columns) of uint8 frames [N, H, W, C]: a float64 matrix
+    product per band of outputs, then the kernel's rounding shift and uint8 saturation."""
     n_in = x.shape[axis]
-    first, weights, precision = _taps(n_in, n_out)
-    k = weights.shape[1]
-    if n_in <= _DENSE_MULT * k:
-        moved = np.moveaxis(x, axis, -1)  # [..., n_in]
-        acc = np.ascontiguousarray(moved).reshape(-1, n_in).astype(np.float64) @ _dense(n_in, n_out).T
-        out = np.floor((acc + (1 << (precision - 1))) * (1.0 / (1 << precision)))
-        out = np.clip(out, 0, 255).astype(np.uint8).reshape(moved.shape[:-1] + (n_out,))
-        return np.moveaxis(out, -1, axis)
-    # taps past the input's end have weight 0: clamping their index keeps the gather in bounds
-    index = np.minimum(first[:, None] + np.arange(k)[None, :], n_in - 1)  # [n_out, k]
-    shape = [1] * x.ndim
-    shape[axis] = n_out
-    acc = np.full(tuple(n_out if a == axis else d for a, d in enumerate(x.shape)), 1 << (precision - 1), np.int32)
-    for j in range(k):
-        w = weights[:, j]
-        if w.any():
-            acc += w.reshape(shape) * np.take(x, index[:, j], axis=axis).astype(np.int32)
-    return np.clip(acc >> precision, 0, 255).astype(np.uint8)
+    _, _, precision = _taps(n_in, n_out)
+    moved = np.moveaxis(x, axis, -1)  # [..., n_in]
+    values = np.ascontiguousarray(moved).reshape(-1, n_in).astype(np.float64)
+    acc = np.empty((values.shape[0], n_out), np.float64)
+    for o0, o1, i0, i1, w in _bands(n_in, n_out):
+        np.matmul(values[:, i0:i1], w, out=acc[:, o0:o1])
+    out = np.floor((acc + (1 << (precision - 1))) * (1.0 / (1 << precision)))
+    out = np.clip(out, 0, 255).astype(np.uint8).reshape(moved.shape[:-1] + (n_out,))
+    return np.moveaxis(out, -1, axis)
 
 
 def resize_bicubic_uint8(frames: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -108,11 +107,14 @@ def resize_bicubic_uint8(frames: np.ndarray, height: int, width: int) -> np.ndar
     flat = frames.reshape(-1, h, w, c)
     out = np.empty((flat.shape[0], height, width, c), np.uint8)
     step = max(1, _CHUNK_VALUES // max(1, h * w * c))  # frames per pass: the float64 temporaries stay small
-    for i in range(0, len(flat), step):
-        chunk = flat[i:i + step]
-        if w != width:
-            chunk = _resample(chunk, 2, width)
-        if h != height:
-            chunk = _resample(chunk, 1, height)
-        out[i:i + step] = chunk
+    # many small products: BLAS's thread pool costs more than it gives (10.8 s vs 1.3 s for 180 720p
+    # frames on the shared 2-core VM, scripts/videollama3_preprocess_bench.py)
+    with threadpool_limits(limits=1, user_api="blas"):
+        for i in range(0, len(flat), step):
+            chunk = flat[i:i + step]
+            if w != width:
+                chunk = _resample(chunk, 2, width)
+            if h != height:
+                chunk = _resample(chunk, 1, height)
+            out[i:i + step] = chunk
     return out.reshape(*lead, height, width, c)
