@@ -133,13 +133,13 @@ def ref(work: Path, cfg: dict, tag: str) -> dict:
 
     from sfedge.bench.runner import bench_reference, reference_dtype
     from sfedge.manifest import load_manifest
-    from sfedge.spec import GenerationSpec, PipelineSpec
+    from sfedge.spec import GenerationSpec
 
     engines = _engines(work, cfg["precisions"][0], tag)
-    spec = PipelineSpec.from_dict(load_manifest(engines, verify_files=False).get("pipeline", {}))
+    manifest = load_manifest(engines, verify_files=False)
     on_cuda = cfg["provider"] != "cpu"
     side = bench_reference(_bench_cfg(work, cfg, engines, None), GenerationSpec(max_new_tokens=cfg["new_tokens"],
-                           ignore_eos=True), spec, str(_ckpt(work, tag)), reference_dtype("fp16", on_cuda), on_cuda)
+                           ignore_eos=True), manifest, str(_ckpt(work, tag)), reference_dtype("fp16", on_cuda), on_cuda)
     return asdict(side)
 
 

@@ -24,4 +24,12 @@ else
     pip install -q "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu \
         --extra-index-url https://pypi.org/simple
 fi
+# torchvision (VideoLLaMA3's reference): the release that matches the installed torch (2.X -> 0.(X+15)),
+# from the configured index (PyPI: a CUDA build, which imports beside a CPU torch through
+# sfedge/torchvision_compat.py), else PyTorch's CPU index; --no-deps: it must never replace torch.
+TV_VERSION=$(python -c "import torch; print('0.%d.*' % (int(torch.__version__.split('.')[1]) + 15))")
+python -m pip show -q torchvision >/dev/null 2>&1 || {
+    pip install -q --no-deps "torchvision==$TV_VERSION" 2>/dev/null \
+        || pip install -q --no-deps "torchvision==$TV_VERSION" --index-url https://download.pytorch.org/whl/cpu
+}
 pip install -q -e ".[export,bench,serve,cluster,dev]"

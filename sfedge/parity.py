@@ -274,3 +274,14 @@ def check_engines(pipeline, reference, engines_root, video, question: str, optio
     report.update(precision=precision, verdict=verdict(report, precision, device), passed=not problems,
                   failures=problems, int4_weights=weights and {k: v for k, v in weights.items() if k != "mismatches"})
     return report
+
+
+def verify(engines, model, video, question: str, options, max_new_tokens: int, provider: str) -> dict:
+    """`sfedge verify` for SlowFast-LLaVA engines (Family.verify): the reference with the engines'
+    settings, then `check_engines`."""
+    from .runtime.pipeline import Pipeline
+
+    pipe = Pipeline(engines, provider=provider)
+    reference = pipe.family.reference(model, spec=pipe.spec, lazy_upcast=True)  # the engines' family's
+    return check_engines(pipe, reference, engines, video, question, options, max_new_tokens,
+                         device="cpu" if provider == "cpu" else "cuda")

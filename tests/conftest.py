@@ -10,6 +10,8 @@ import os
 
 import pytest
 
+import sfedge  # noqa: F401  (first: its torchvision_compat must precede any transformers import)
+
 os.environ.setdefault("SFEDGE_CACHE", "")  # set per session below
 
 
@@ -33,6 +35,20 @@ def tiny_mistral_dir(tmp_path_factory):
     from sfedge.models.tiny import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("tiny") / "tiny-mistral", seed=1, llm="mistral")
+
+
+@pytest.fixture(scope="session")
+def tiny_vl3_dir(tmp_path_factory):
+    """The tiny VideoLLaMA3 checkpoint (sfedge/models/tiny_videollama3.py), seed 0."""
+    from sfedge.models.tiny_videollama3 import make_tiny_videollama3
+
+    return make_tiny_videollama3(tmp_path_factory.mktemp("tiny") / "tiny-videollama3", seed=0)
+
+
+@pytest.fixture(scope="session")
+def vl3_engines_fp32(tmp_path_factory, tiny_vl3_dir):
+    """fp32 engines of the tiny VideoLLaMA3 checkpoint, exported without validation (see above)."""
+    return export_tiny(tmp_path_factory, tiny_vl3_dir, "tiny-videollama3-fp32", "fp32")
 
 
 @pytest.fixture(scope="session")

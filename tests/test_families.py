@@ -41,8 +41,9 @@ def test_the_family_is_found_by_model_type_and_by_name(tiny_dir):
 def test_an_unknown_model_type_is_one_line_naming_the_supported_ones(tmp_path):
     with pytest.raises(SfedgeError) as e:
         family_for_model_type("qwen2_vl")
-    assert str(e.value) == "model_type 'qwen2_vl' is not supported; supported: llava_next (llava_next)"
-    with pytest.raises(SfedgeError, match="unknown model family 'nope'; this sfedge knows llava_next"):
+    assert str(e.value) == ("model_type 'qwen2_vl' is not supported; supported: llava_next (llava_next), "
+                            "video_llama_3 (video_llama_3)")
+    with pytest.raises(SfedgeError, match="unknown model family 'nope'; this sfedge knows llava_next, video_llama_3"):
         get_family("nope")
     from sfedge.export import export_model
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cache import cache_dir
+from ..families import family_of_manifest
 from ..manifest import load_manifest
 from ..spec import GenerationSpec, PipelineSpec
 from . import roofline
@@ -46,6 +47,7 @@ class BenchConfig:
     roofline: bool = True
     question: str = QUESTION
     ceilings: dict | None = None  # measured already (e.g. by the GPU plan): not measured again
+    prune: bool = True  # False: VideoLLaMA3 engines keep every visual token (--no-prune)
 
 
 @dataclass
@@ -85,7 +87,7 @@ def _engine_run(res, wall_ms: float) -> dict:
 
 
 def bench_engines(cfg: BenchConfig, gen: GenerationSpec, on_cuda: bool) -> SideResult:
-    from ..runtime.pipeline import Pipeline
+    from ..runtime.pipeline import open_pipeline
 
     side = SideResult()
     baseline = how = None
@@ -95,7 +97,8 @@ def bench_engines(cfg: BenchConfig, gen: GenerationSpec, on_cuda: bool) -> SideR
         preload()  # the CUDA runtime the provider will use, so that its figure is the baseline
         baseline, how = cuda_used_mb()
     with PeakMonitor() as mon:  # loading and the untimed runs only
-        pipe = Pipeline(cfg.engines, provider=cfg.provider, prefix_reuse=False)  # every run a cold prefill
+        pipe = open_pipeline(cfg.engines, provider=cfg.provider, prefix_reuse=False,  # every run a cold prefill
+                             **({} if cfg.prune else {"prune": False}))
         for _ in range(max(1, cfg.warmup)):
             res = pipe.ask(cfg.video, cfg.question, gen=gen)
     ttft_reported = "ttft" in res.timings_ms
@@ -105,6 +108,8 @@ def bench_engines(cfg: BenchConfig, gen: GenerationSpec, on_cuda: bool) -> SideR
         side.runs.append(_engine_run(res, (time.perf_counter() - t0) * 1e3))
     side.peak_rss_mb = mon.peak_rss_mb
     side.info = {"frames": len(res.frame_indices), "visual_tokens": res.num_visual_tokens, "tokens": res.token_ids,
+                 "prompt_tokens": res.prompt_tokens,
+                 **({"visual_tokens_pruned": res.visual_tokens_pruned} if hasattr(res, "visual_tokens_pruned") else {}),
                  "ttft_source": "Pipeline timings_ms['ttft']" if ttft_reported else "sum of the stages before the "
                  "first token (this Pipeline reports no 'ttft')",
                  "memory_note": "peak RSS sampled over loading + untimed runs"}
@@ -124,14 +129,16 @@ def reference_dtype(precision: str, on_cuda: bool) -> str:
     return "float16" if on_cuda and precision in ("fp16", "int4") else "float32"
 
 
-def bench_reference(cfg: BenchConfig, gen: GenerationSpec, spec: PipelineSpec, checkpoint: str,
+def bench_reference(cfg: BenchConfig, gen: GenerationSpec, manifest: dict, checkpoint: str,
                     dtype: str, on_cuda: bool) -> SideResult:
+    """SlowFast-LLaVA's reference, timed stage by stage (Family.bench_reference of llava_next)."""
     import torch
 
     from ..reference.model import SlowFastLlava
     from ..runtime.preprocess import preprocess
     from ..runtime.video import load_video
 
+    spec = PipelineSpec.from_dict(manifest.get("pipeline", {}))
     device = "cuda" if on_cuda else "cpu"
     sync = torch.cuda.synchronize if on_cuda else (lambda: None)
     side = SideResult(info={"dtype": dtype, "checkpoint": checkpoint})
@@ -191,17 +198,6 @@ def _llm_file_bytes(engines: Path, manifest: dict) -> int:
                and (p.suffix in (".onnx", ".data") or p.name.endswith(".onnx.data")))
 
 
-def _prefill_tokens(engines: Path, manifest: dict, question: str, visual_tokens: int) -> int:
-    from ..families import PromptContext, family_of_manifest
-    from ..runtime.tokenizer import TextTokenizer
-
-    tok = TextTokenizer(engines / manifest["components"]["tokenizer"]["path"])
-    m, family = manifest["model"], family_of_manifest(manifest)
-    variant = manifest.get("prompt_family") or family.detect_variant(tok.vocab())
-    ids = family.prompt_ids(PromptContext(tok.encode, m.get("bos_token_id"), m["image_token_id"], variant), question)
-    return len(ids) - ids.count(m["image_token_id"]) + visual_tokens
-
-
 def _checkpoint_config(checkpoint: str | None) -> dict | None:
     from ..models.tiny import resolve_model
 
@@ -210,6 +206,15 @@ def _checkpoint_config(checkpoint: str | None) -> dict | None:
     try:
         return json.loads((resolve_model(checkpoint) / "config.json").read_text())
     except Exception:  # noqa: BLE001 - the floors then leave the FLOP stages out
+        return None
+
+
+def _geometry(cfg_dict: dict | None):
+    """The roofline geometry of a SlowFast-LLaVA checkpoint config; None for another model (the
+    floors are then left out)."""
+    try:
+        return roofline.Geometry.from_config(cfg_dict) if cfg_dict else None
+    except (KeyError, TypeError, ValueError):
         return None
 
 
@@ -229,7 +234,6 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     """Run the whole benchmark; return the report dict (see report.py for its rendering)."""
     manifest = load_manifest(cfg.engines, verify_files=False)
     on_cuda = cfg.provider != "cpu"
-    spec = PipelineSpec.from_dict(manifest.get("pipeline", {}))
     gen = GenerationSpec(max_new_tokens=cfg.new_tokens, ignore_eos=True)
     precision = manifest.get("precision", "fp32")
     checkpoint = cfg.model or manifest.get("source", {}).get("checkpoint")
@@ -242,15 +246,15 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     log(f"engines: {cfg.engines} ({precision}, {cfg.provider}), {cfg.warmup} warmup + {cfg.runs} runs ...")
     eng = bench_engines(cfg, gen, on_cuda)
     cfg_dict = _checkpoint_config(checkpoint)
-    geom = roofline.Geometry.from_config(cfg_dict) if cfg_dict else None
-    n_prefill = _prefill_tokens(cfg.engines, manifest, cfg.question, eng.info["visual_tokens"])
+    geom = _geometry(cfg_dict)
+    n_prefill = eng.info["prompt_tokens"]  # the positions the engines' prompt took, visual tokens included
     # Activation / KV-cache bytes per value: what the LLM graph really stores (int4 on CPU keeps
     # fp32 activations and an fp32 KV cache; only fp16 graphs, and int4 on CUDA, use 2 bytes).
     kv_dtype = manifest["components"]["llm"].get("kv_cache", {}).get("dtype")
     act = {"float32": 4, "float16": 2}.get(kv_dtype, 4 if precision == "fp32" else 2)
 
     def floors(weight_bytes: float, act_bytes: int) -> dict:
-        if ceilings is None:
+        if ceilings is None or geom is None:
             return {}
         return roofline.floors_ms(geom, ceilings, frames=eng.info["frames"], prefill_tokens=n_prefill,
                                   new_tokens=cfg.new_tokens, weight_bytes=weight_bytes, act_bytes=act_bytes)
@@ -267,7 +271,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
             raise ValueError("no reference checkpoint: pass --model or use --no-reference")
         dtype = reference_dtype(precision, on_cuda)
         log(f"reference: {checkpoint} ({dtype}, {'cuda' if on_cuda else 'cpu'}) ...")
-        ref = bench_reference(cfg, gen, spec, checkpoint, dtype, on_cuda)
+        ref = family_of_manifest(manifest).bench_reference(cfg, gen, manifest, checkpoint, dtype, on_cuda)
         ref_bytes = 2 if dtype == "float16" else 4
         report["reference"] = _side_report(ref, floors(ref.info["weight_bytes"], ref_bytes))
         e, r = report["engine"]["stages_ms"], report["reference"]["stages_ms"]

@@ -15,6 +15,8 @@ def add_arguments(p) -> None:
     p.add_argument("video", metavar="VIDEO", help="video file, or a directory of image files (sorted by name)")
     p.add_argument("question", metavar="QUESTION", help="the question")
     add_generation_arguments(p)
+    p.add_argument("--no-prune", action="store_true",
+                   help="VideoLLaMA3 engines: keep every visual token (no DiffFP pruning of unchanged patches)")
     add_json_flag(p)
 
 
@@ -65,14 +67,15 @@ class StreamPrinter:
 
 
 def run(args) -> int:
-    from ..runtime.pipeline import Pipeline, parse_options
+    from ..runtime.pipeline import open_pipeline, parse_options
 
     existing_path(args.engines, "engines directory")
     existing_path(args.video, "video")
     utf8_text(args.question, "question")
     options = parse_options(utf8_text(args.options, "--options value")) if args.options is not None else None
     gen = generation_spec(args)
-    pipe = Pipeline(args.engines, provider=args.provider, cuda_graph=cuda_graph(args))
+    pipe = open_pipeline(args.engines, provider=args.provider, cuda_graph=cuda_graph(args),
+                         **({"prune": False} if args.no_prune else {}))
     result = pipe.ask(args.video, args.question, options, gen, on_token=None if args.json else StreamPrinter())
     if args.json:
         print_json(result.to_dict())

@@ -23,6 +23,8 @@ def add_arguments(p) -> None:
     p.add_argument("--no-reference", action="store_true", help="skip the PyTorch reference")
     p.add_argument("--no-roofline", action="store_true", help="skip measuring bandwidth / matmul ceilings")
     p.add_argument("--plot", metavar="PNG", help="write a bar chart of the stages (matplotlib)")
+    p.add_argument("--no-prune", action="store_true", help="VideoLLaMA3 engines: keep every visual token "
+                   "(engines and reference alike)")
     add_json_flag(p)
 
 
@@ -44,7 +46,7 @@ def run(args) -> int:
     video = Path(args.video) if args.video else synthetic_clip(args.frames)
     cfg = BenchConfig(engines=engines, video=video, new_tokens=args.new_tokens, runs=args.runs, warmup=args.warmup,
                       provider=args.provider, reference=not args.no_reference, model=args.model,
-                      roofline=not args.no_roofline)
+                      roofline=not args.no_roofline, prune=not args.no_prune)
     log = (lambda _m: None) if args.json else print
     try:
         report = run_bench(cfg, log=log)

@@ -11,10 +11,12 @@ HELP = "export a llava-hf LLaVA-NeXT checkpoint (or 'tiny') to ONNX graphs + man
 def add_arguments(p) -> None:
     d = SlowFastSpec()
     from ..models.presets import PRESETS
+    from ..models.presets_videollama3 import VL3_PRESETS
 
-    p.add_argument("model", nargs="?", help="local llava-hf checkpoint directory, or 'tiny' / 'tiny-mistral'")
+    p.add_argument("model", nargs="?", help="local checkpoint directory (llava-hf LLaVA-NeXT or transformers "
+                                            "VideoLLaMA3), or 'tiny' / 'tiny-mistral' / 'tiny-videollama3'")
     p.add_argument("out", help="output directory (refused if it exists, unless --force)")
-    p.add_argument("--preset", choices=sorted(PRESETS),
+    p.add_argument("--preset", choices=sorted([*PRESETS, *VL3_PRESETS]),
                    help="instead of MODEL: a real architecture with random weights, made locally once "
                         "(cached) for benchmarks")
     p.add_argument("--precision", choices=("fp32", "fp16", "int4"), default="fp32",
@@ -61,18 +63,20 @@ def run(args) -> int:
         if args.json:
             print_json({"ok": False, "error": str(e), "validation": getattr(e, "report", None)})
         raise
+    guard = manifest.get("tokenizer_guard")  # llava_next's SentencePiece check; VideoLLaMA3 ships tokenizer.json
     if args.json:
         print_json({"ok": True, "out": args.out, "precision": manifest["precision"],
                     "max_context": manifest["context"]["max_context"],
-                    "tokenizer_guard": {k: manifest["tokenizer_guard"][k] for k in ("passed", "allowed_mismatches")},
+                    "family": manifest.get("family", "llava_next"),
+                    "tokenizer_guard": {k: guard[k] for k in ("passed", "allowed_mismatches")} if guard else None,
                     "export_seconds": manifest["export_seconds"], "validation": manifest["validation"]})
     else:
         v = manifest["validation"]
         status = "not validated" if v is None else "validated: " + ", ".join(
-            f"{k} rel {v[k]['rel']:.2e} cos {v[k]['cosine']:.4f}" for k in ("vision", "slowfast", "llm", "chain"))
+            f"{k} rel {v[k]['rel']:.2e} cos {v[k]['cosine']:.4f}" for k in ("vision", "slowfast", "llm", "chain") if k in v)
         print(f"exported {args.preset or args.model} -> {args.out} ({manifest['precision']}, {manifest['device']}, "
               f"context {manifest['context']['max_context']}) in {manifest['export_seconds']:.1f} s; {status}")
-        if n := manifest["tokenizer_guard"]["allowed_mismatches"]:
+        if guard and (n := guard["allowed_mismatches"]):
             print(f"warning: {n} tokenizer canary chunk(s) differ from the checkpoint's tokenizer "
                   f"(--allow-tokenizer-mismatch; listed in the manifest's tokenizer_guard)")
     return 0

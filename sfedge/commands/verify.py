@@ -16,7 +16,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from ..parity import check_engines
 from ._common import add_json_flag, existing_path, print_json, utf8_text
 
 HELP = "compare exported engines with the PyTorch reference on a synthetic clip (per-stage errors, token parity)"
@@ -35,38 +34,41 @@ def add_arguments(p) -> None:
 
 
 def format_report(report: dict) -> str:
-    """A few human lines: per-stage errors and the verdict."""
-    lines = [f"frames {report['num_frames']}, visual tokens {report['num_visual_tokens']}",
-             f"vision features   rel err {report['vision_rel_err']:.3e}",
-             f"slowfast tokens   rel err {report['slowfast_rel_err']:.3e}",
-             f"prompt ids        {'match' if report['prompt_ids_match'] else 'DIFFER'}",
-             f"first-step logits rel err {report['first_logits_rel_err']:.3e}",
-             *([f"decode-step logits rel err {report['decode_logits_rel_err']:.3e} (teacher-forced, "
-                f"{report['decode_steps']} steps)"] if "decode_logits_rel_err" in report else []),
-             f"greedy tokens     {report['verdict']} ({len(report['engine_tokens'])} engine, "
-             f"{len(report['ref_tokens'])} reference)"]
+    """A few human lines: per-stage errors and the verdict (the stages the engines' family has)."""
+    lines = [f"frames {report['num_frames']}, visual tokens {report['num_visual_tokens']}"
+             + (f" ({report['visual_tokens_pruned']} pruned)" if "visual_tokens_pruned" in report else "")]
+    if "pixel_values_max_abs" in report:
+        lines += [f"pixel values      max abs diff {report['pixel_values_max_abs']:.3e} (numpy vs the processor)",
+                  f"compression mask  {'match' if report['mask_match'] else 'DIFFERS'}"]
+    lines.append(f"vision features   rel err {report['vision_rel_err']:.3e}")
+    if "slowfast_rel_err" in report:
+        lines.append(f"slowfast tokens   rel err {report['slowfast_rel_err']:.3e}")
+    lines += [f"prompt ids        {'match' if report['prompt_ids_match'] else 'DIFFER'}",
+              f"first-step logits rel err {report['first_logits_rel_err']:.3e}",
+              *([f"decode-step logits rel err {report['decode_logits_rel_err']:.3e} (teacher-forced, "
+                 f"{report['decode_steps']} steps)"] if "decode_logits_rel_err" in report else []),
+              f"greedy tokens     {report['verdict']} ({len(report['engine_tokens'])} engine, "
+              f"{len(report['ref_tokens'])} reference)"]
     if report["first_diff_step"] is not None:
         lines.append(f"  first difference at step {report['first_diff_step']}, reference top-2 gap {report['top2_gap']:.3e}")
     return "\n".join(lines)
 
 
 def run(args) -> int:
+    from ..families import family_of_manifest
     from ..manifest import load_manifest
-    from ..runtime.pipeline import Pipeline, parse_options
+    from ..runtime.pipeline import parse_options
     from ..synthetic import make_clip
 
     existing_path(args.engines, "engines directory")
-    load_manifest(args.engines, trust_stamps=False)  # an integrity check re-hashes every file
-    pipe = Pipeline(args.engines, provider=args.provider)
-    reference = pipe.family.reference(args.model, spec=pipe.spec, lazy_upcast=True)  # the engines' family's
+    manifest = load_manifest(args.engines, trust_stamps=False)  # an integrity check re-hashes every file
     utf8_text(args.question, "question")
     options = parse_options(utf8_text(args.options, "--options value")) if args.options is not None else None
-    device = "cpu" if args.provider == "cpu" else "cuda"
     with tempfile.TemporaryDirectory() as tmp:
         video = existing_path(args.video, "video") if args.video else make_clip(Path(tmp) / "clip.mp4", 60, seed=0)
-        report = check_engines(pipe, reference, args.engines, video, args.question, options, args.max_new_tokens,
-                               device=device)
-    weights = report["int4_weights"]
+        report = family_of_manifest(manifest).verify(args.engines, args.model, video, args.question, options,
+                                                     args.max_new_tokens, args.provider)
+    weights = report.get("int4_weights")
     if args.json:
         print_json(report)
     else:

@@ -77,6 +77,8 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32", de
         raise SfedgeError(f"max_frames must be >= 1, got {max_frames}")
     ckpt = resolve_model(model)
     family = family_for_checkpoint(ckpt)  # an unknown model_type is refused before anything is written
+    if family.export is None:
+        raise SfedgeError(f"{ckpt}: this sfedge cannot export {family.name} checkpoints")
     out = Path(out)
     if out.exists() and not force:
         raise SfedgeError(f"{out} exists (use --force to replace it)")
@@ -86,8 +88,8 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32", de
         print(f"removed {path} (left by export process {pid}, which is gone)", file=sys.stderr)
     partial = Path(tempfile.mkdtemp(prefix=scratch_prefix(f"{out.name}.partial"), dir=out.parent))
     try:
-        manifest = _build(str(model), ckpt, family, partial, precision, device, max_frames, slowfast, validate, progress,
-                          context, allow_tokenizer_mismatch)
+        manifest = family.export(str(model), ckpt, family, partial, precision, device, max_frames, slowfast, validate,
+                                 progress, context, allow_tokenizer_mismatch)
         _default_permissions(partial)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()

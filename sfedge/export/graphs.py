@@ -21,9 +21,10 @@ from .registry import ComponentSpec
 _DTYPES = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64", 6: "int32", 9: "bool", 2: "uint8"}
 
 
-def export_onnx(module: torch.nn.Module, dummy: torch.Tensor, spec: ComponentSpec, out_dir: Path) -> Path:
+def export_onnx(module: torch.nn.Module, dummy: torch.Tensor | tuple, spec: ComponentSpec, out_dir: Path) -> Path:
     """Export `module` with the spec's I/O names, dynamic axes and opset to out_dir/spec.path, with
-    every weight in one external data file `<path>.data` (protobuf caps a graph at 2 GB).
+    every weight in one external data file `<path>.data` (protobuf caps a graph at 2 GB). `dummy`: the
+    one input tensor, or a tuple of them in the spec's input order.
 
     The exporter writes into a scratch directory first (it may spill tensors of >2 GB models beside
     its output); the graph is then re-saved into out_dir."""
@@ -38,7 +39,7 @@ def export_onnx(module: torch.nn.Module, dummy: torch.Tensor, spec: ComponentSpe
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         tmp = os.path.join(scratch, spec.path)
         torch.onnx.export(
-            module, (dummy,), tmp, dynamo=False, opset_version=spec.opset,
+            module, dummy if isinstance(dummy, tuple) else (dummy,), tmp, dynamo=False, opset_version=spec.opset,
             input_names=[io.name for io in spec.inputs], output_names=[io.name for io in spec.outputs],
             dynamic_axes=spec.dynamic_axes(), do_constant_folding=True,
         )

@@ -44,7 +44,7 @@ from ..errors import SfedgeError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "added_tokens.json", "chat_template.json", "chat_template.jinja")
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 # checkpoint key prefix -> text-model key prefix (llava-hf hub layout, then transformers 5's own)
 _PREFIXES = (("language_model.model.", "model."), ("language_model.lm_head.", "lm_head."),
              ("model.language_model.", "model."), ("lm_head.", "lm_head."))
@@ -197,13 +197,22 @@ def run_builder(text_dir: Path, out_dir: Path, precision: str, device: str, log_
     shutil.rmtree(text_dir / ".builder-cache", ignore_errors=True)
 
 
+# `python -m onnxruntime_genai.models.builder`, after `import sfedge`: the builder imports transformers,
+# which imports torchvision when it is installed; sfedge's torchvision_compat must be in place first
+# (PyPI's torchvision does not import beside the CPU torch without it: sfedge/torchvision_compat.py)
+BUILDER = (sys.executable, "-c", "import runpy, sfedge; "
+           "runpy.run_module('onnxruntime_genai.models.builder', run_name='__main__', alter_sys=True)")
+
+
 def builder_command(text_dir: Path, out_dir: Path, precision: str, device: str) -> list[str]:
     """The builder's command line for `precision` on `device` (its own int4 path included)."""
-    options = ["exclude_embeds=true"]
+    # shared_embeddings off: with exclude_embeds there is no embedding in the graph to share with
+    # lm_head (tied checkpoints such as Qwen2.5-1.5B get their own lm_head MatMul)
+    options = ["exclude_embeds=true", "shared_embeddings=false"]
     q = quantization(precision, device)
     if q:
         options += [f"block_size={q['block_size']}", f"accuracy_level={q['accuracy_level']}", "is_symmetric=true"]
-    return [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(text_dir), "-o", str(out_dir),
+    return [*BUILDER, "-i", str(text_dir), "-o", str(out_dir),
             "-p", builder_precision(precision, device), "-e", device, "-c", str(text_dir / ".builder-cache"),
             "--extra_options", *options]
 

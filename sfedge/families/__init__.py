@@ -14,8 +14,9 @@ from pathlib import Path
 from ..errors import SfedgeError
 from .base import Family, PromptContext, VisualBlock
 from .llava_next import LLAVA_NEXT
+from .video_llama_3 import VIDEO_LLAMA_3
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (LLAVA_NEXT,)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (LLAVA_NEXT, VIDEO_LLAMA_3)}
 DEFAULT = LLAVA_NEXT.name  # what a manifest without "family" holds
 
 __all__ = ["FAMILIES", "Family", "PromptContext", "VisualBlock", "family_for_checkpoint", "family_for_model_type",

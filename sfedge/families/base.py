@@ -54,6 +54,9 @@ class Family:
       window are these blocks' tokens concatenated.
     * `encoder(vision_engine, spec, max_frames)`: the runtime's encoder stage (frames -> features).
     * `reference(checkpoint, **kw)`: the PyTorch reference (export and verify; imports torch).
+    * `pipeline(engines_dir, **kw)`: the runtime pipeline (`sfedge.runtime.pipeline.open_pipeline`).
+    * `verify(...)`: the engines against the reference on one clip (`sfedge verify`; imports torch).
+    * `bench_reference(...)`: the reference timed stage by stage (`sfedge bench`; imports torch).
     """
 
     name: str
@@ -64,3 +67,25 @@ class Family:
     encoder: Callable[..., Any]
     reference: Callable[..., Any]
     detect_variant: Callable[[Sequence[str]], str]  # tokenizer vocabulary -> prompt variant
+    # `pipeline(engines_dir, **options)`: the runtime over an engines directory (ask, verify, bench)
+    pipeline: Callable[..., Any] | None = None
+    # `verify(engines, model, video, question, options, max_new_tokens, provider) -> report`: `sfedge verify`
+    verify: Callable[..., dict] | None = None
+    # `bench_reference(cfg, gen, manifest, checkpoint, dtype, on_cuda) -> bench SideResult`: `sfedge bench`
+    bench_reference: Callable[..., Any] | None = None
+    # `export(name, ckpt, family, root, precision, device, max_frames, slowfast, validate, progress, context,
+    # allow_tokenizer_mismatch) -> manifest`: fills the scratch engines directory (`export_model` owns it)
+    export: Callable[..., dict] | None = None
+
+
+def lazy(module: str, name: str) -> Callable[..., Any]:
+    """A hook that imports `module` only when called (so declaring a family imports nothing heavy)
+    and calls its `name` with the hook's arguments."""
+
+    def hook(*args, **kwargs):
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    hook.__qualname__ = hook.__name__ = f"{module}.{name}"
+    return hook

@@ -10,7 +10,7 @@ Visual layout: one block of `spec.slowfast.num_tokens(T)` tokens keyed by the wi
 from __future__ import annotations
 
 from ..prompts import build_prompt, detect_family, tokenize_prompt
-from .base import Family, PromptContext, VisualBlock
+from .base import Family, PromptContext, VisualBlock, lazy
 
 GRAPHS = ("vision", "slowfast", "llm", "embeddings", "tokenizer", "greedy_step", "splice")
 
@@ -38,4 +38,8 @@ def reference(checkpoint, **kw):
 
 
 LLAVA_NEXT = Family(name="llava_next", model_types=("llava_next",), graphs=GRAPHS, prompt_ids=prompt_ids,
-                    layout=layout, encoder=encoder, reference=reference, detect_variant=detect_family)
+                    layout=layout, encoder=encoder, reference=reference, detect_variant=detect_family,
+                    pipeline=lazy("sfedge.runtime.pipeline", "Pipeline"),
+                    verify=lazy("sfedge.parity", "verify"),
+                    bench_reference=lazy("sfedge.bench.runner", "bench_reference"),
+                    export=lazy("sfedge.export", "_build"))

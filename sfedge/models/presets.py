@@ -20,6 +20,9 @@ Presets:
                    vision geometry with an LLM small enough that export + `sfedge bench --frames 4
                    --new-tokens 32 --runs 3` (engines and reference) finish in minutes on a 2-core CPU
   sf-llava-test    the same code path at toy widths, for tests
+
+VideoLLaMA3 presets (videollama3-2b, videollama3-7b) live in presets_videollama3.py; `preset_checkpoint`
+makes either kind.
 """
 
 from __future__ import annotations
@@ -216,14 +219,18 @@ def preset_checkpoint(name: str, progress: bool = True) -> Path:
 
     from ..cache import cache_dir
 
-    if name not in PRESETS:
-        raise SfedgeError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    from .presets_videollama3 import VL3_PRESETS
+    from .presets_videollama3 import make_preset as make_vl3_preset
+
+    if name not in PRESETS and name not in VL3_PRESETS:
+        raise SfedgeError(f"unknown preset {name!r}; presets: {', '.join([*PRESETS, *VL3_PRESETS])}")
+    make = make_vl3_preset if name in VL3_PRESETS else make_preset
     target = cache_dir() / "presets" / name
     if not (target / "model.safetensors.index.json").is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
         try:
-            make_preset(name, tmp, progress=progress)
+            make(name, tmp, progress=progress)
             shutil.rmtree(target, ignore_errors=True)
             tmp.rename(target)
         finally:

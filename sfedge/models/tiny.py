@@ -199,25 +199,33 @@ def save_tokenizer(tok, out: Path) -> None:
     ).save_pretrained(out)
 
 
+def _cached(target: Path, make) -> Path:
+    """`make(dir, seed=0)` once into `target` (built in a temporary directory, then renamed)."""
+    if not (target / "config.json").exists():
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            make(tmp, seed=0)
+            tmp.rename(target)
+        except OSError:
+            if not (target / "config.json").exists():  # not a concurrent maker that won the race
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def resolve_model(name_or_path: str | Path) -> Path:
-    """"tiny" / "tiny-llama" / "tiny-mistral" -> the tiny checkpoint, made once in the cache
+    """"tiny" / "tiny-llama" / "tiny-mistral" (/ "tiny-videollama3") -> the tiny checkpoint, made once in the cache
     (built in a temporary directory, then renamed into place); anything else must be a local
     checkpoint directory with a config.json."""
     name = str(name_or_path)
+    if name == "tiny-videollama3":
+        from .tiny_videollama3 import make_tiny_videollama3
+
+        return _cached(cache_dir() / "tiny-videollama3-s0", make_tiny_videollama3)
     if name in TINY_NAMES:
         llm = TINY_NAMES[name]
-        target = cache_dir() / f"tiny-{llm}-s0"
-        if not (target / "config.json").exists():
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-            try:
-                make_tiny(tmp, seed=0, llm=llm)
-                tmp.rename(target)
-            except OSError:
-                if not (target / "config.json").exists():  # not a concurrent maker that won the race
-                    raise
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-        return target
+        return _cached(cache_dir() / f"tiny-{llm}-s0", lambda d, seed: make_tiny(d, seed=seed, llm=llm))
     path = Path(name).expanduser()
     if not (path / "config.json").is_file():
         raise SfedgeError(

@@ -40,10 +40,11 @@ class Settings:
     max_new_tokens: int = 128
     text_tokens: int = PROMPT_TEXT_TOKENS
     efficiency: float = 0.5  # fraction of the floor expected in practice
+    video_budget_tokens: int | None = None  # a family with a per-video token budget (VideoLLaMA3) instead of SlowFast
 
     @property
     def visual_tokens(self) -> int:
-        return self.slowfast.num_tokens(self.frames)
+        return self.video_budget_tokens or self.slowfast.num_tokens(self.frames)
 
     @property
     def prefill_tokens(self) -> int:
@@ -128,7 +129,7 @@ def _check(info: ModelInfo, s: Settings) -> list[str]:
         out.append(f"context {s.max_context} > the checkpoint's max_position_embeddings {info.max_position_embeddings}")
     if info.manifest:
         m = info.manifest["model"]
-        if s.frames > m.get("max_frames", s.frames):
+        if s.frames > m.get("max_frames", s.frames) and not s.video_budget_tokens:  # (VideoLLaMA3 chunks frames)
             out.append(f"{s.frames} frames > the engines' max_frames {m['max_frames']}")
         if s.max_context > m["max_length"]:
             out.append(f"context {s.max_context} > the engines' {m['max_length']} (re-export with --max-context)")
@@ -181,9 +182,11 @@ def levers(info: ModelInfo, target: Target, s: Settings, make_model) -> list[dic
         tried.append(("--kv-dtype int8 (what-if: export builds the KV cache in the I/O dtype)", info,
                       replace(s, kv_dtype="int8")))
     sf = s.slowfast
-    if sf.slow_frames > 4:
+    if s.video_budget_tokens:  # the SlowFast levers do not apply; frames do not change the budget's tokens
+        pass
+    elif sf.slow_frames > 4:
         tried.append(("--slow-frames 4", info, replace(s, slowfast=replace(sf, slow_frames=4))))
-    for g in _fast_grids(sf.fast_grid)[:1]:
+    for g in [] if s.video_budget_tokens else _fast_grids(sf.fast_grid)[:1]:
         if (TOKENS_PER_FRAME ** 0.5) % g == 0:
             tried.append((f"--fast-grid {g}", info, replace(s, slowfast=replace(sf, fast_grid=g))))
     if s.frames > 16:

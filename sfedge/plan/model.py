@@ -72,6 +72,7 @@ class ModelInfo:
     file_bytes: dict | None = None  # engines directory: real sizes per component
     manifest: dict | None = None
     notes: list = field(default_factory=list)
+    root: Path | None = None  # the engines directory (its tokenizer counts a family's prompt text)
 
     @property
     def geometry(self) -> Geometry | None:
@@ -133,7 +134,8 @@ def engine_file_bytes(root: Path, manifest: dict) -> dict:
     llm_dir = (root / comps["llm"]["path"]).parent
     return {"llm": sum(p.stat().st_size for p in llm_dir.rglob("*") if p.is_file()
                        and (p.suffix in (".onnx", ".data") or p.name.endswith(".onnx.data"))),
-            "vision": files(comps["vision"]["path"]), "slowfast": files(comps["slowfast"]["path"]),
+            "vision": files(comps["vision"]["path"]),
+            "slowfast": files(comps["slowfast"]["path"]) if "slowfast" in comps else 0,  # a family without pooling
             "greedy_step": files(comps["greedy_step"]["path"]), "embeddings": files(comps["embeddings"]["path"])}
 
 
@@ -145,7 +147,11 @@ def from_engines(root: str | Path) -> ModelInfo:
     m = manifest["model"]
     cfg, notes = None, []
     ckpt = manifest.get("source", {}).get("checkpoint")
-    if ckpt and (Path(ckpt) / "config.json").is_file():
+    if "pipeline" not in manifest:  # no SlowFast pipeline block: another family (VideoLLaMA3)
+        notes.append(f"{manifest.get('family')} engines: visual tokens are the processor's video budget (the "
+                     "most a video gets before pruning); vision and prefill FLOPs and activations are modelled "
+                     "for SlowFast-LLaVA only, so those lines and floors are left out")
+    elif ckpt and (Path(ckpt) / "config.json").is_file():
         cfg = json.loads((Path(ckpt) / "config.json").read_text())
     else:
         notes.append(f"source checkpoint {ckpt!r} not found: vision / prefill FLOPs unknown (pass --model CKPT)")
@@ -153,7 +159,7 @@ def from_engines(root: str | Path) -> ModelInfo:
     info = ModelInfo(root.name, cfg, manifest.get("precision", "fp32"), llm.get("execution_provider", "cpu"),
                      m["num_layers"], m["num_kv_heads"], m["head_dim"], m["hidden_size"], m["vocab_size"],
                      manifest.get("context", {}).get("checkpoint_max_position_embeddings", m["max_length"]),
-                     engine_file_bytes(root, manifest), manifest, notes)
+                     engine_file_bytes(root, manifest), manifest, notes, root)
     return info
 
 

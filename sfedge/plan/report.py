@@ -41,9 +41,20 @@ def settings_for(info: models.ModelInfo, *, frames=None, slow_frames=None, fast_
     except ValueError as e:
         raise SfedgeError(str(e)) from None
     ctx = max_context or models.engines_context(info) or min(4096, info.max_position_embeddings)
-    engine_frames = (info.manifest or {}).get("pipeline", {}).get("sampling", {}).get("num_frames")
-    s = Settings(frames=frames or engine_frames or 50, slowfast=sf, max_context=ctx, kv_dtype=kv_dtype_,
-                 max_new_tokens=max_new_tokens or 128, efficiency=efficiency or 0.5)
+    manifest = info.manifest or {}
+    processor = manifest.get("processor")  # VideoLLaMA3: frames by time, tokens by the video budget
+    engine_frames = manifest.get("pipeline", {}).get("sampling", {}).get("num_frames") or (
+        processor and processor["max_frames"])
+    n = frames or engine_frames or 50
+    budget = None
+    if processor:
+        from ..runtime.videollama3_preprocess import VideoProcessorSpec
+
+        spec = VideoProcessorSpec.from_manifest(processor)
+        budget = n * max(1, spec.max_pixels // n // spec.resample_factor**2)  # merged tokens, frames at the budget
+    s = Settings(frames=n, slowfast=sf, max_context=ctx, kv_dtype=kv_dtype_,
+                 max_new_tokens=max_new_tokens or 128, efficiency=efficiency or 0.5, video_budget_tokens=budget,
+                 **({"text_tokens": _videollama3_text_tokens(info, n)} if processor else {}))
     if s.frames < 1 or s.max_context < 1 or s.max_new_tokens < 1 or not 0 < s.efficiency <= 1:
         raise SfedgeError("--frames, --max-context and --max-new-tokens must be >= 1, --efficiency in (0, 1]")
     if kv_dtype_ is not None and kv_dtype_ not in models.BYTES:
@@ -51,11 +62,23 @@ def settings_for(info: models.ModelInfo, *, frames=None, slow_frames=None, fast_
     return s
 
 
+def _videollama3_text_tokens(info: models.ModelInfo, frames: int) -> int:
+    """Text positions of a VideoLLaMA3 prompt for `frames` frames one second apart: the chat template
+    and "Time t.ts:" per frame, tokenized by the engines' own tokenizer (runtime/videollama3_prompt)."""
+    from ..runtime.tokenizer import TextTokenizer
+    from ..runtime.videollama3_prompt import PromptSpec, marked_ids
+
+    prompt = PromptSpec.from_manifest(info.manifest["prompt"], info.root)
+    tok = TextTokenizer(info.root / info.manifest["components"]["tokenizer"]["path"])
+    return len(marked_ids(prompt, tok.encode, "What happens in the video?", [float(t) for t in range(frames)])) - frames
+
+
 def make_plan(info: models.ModelInfo, target: Target, s: Settings, make_model=None) -> dict:
     r = fit(info, target, s)
     plan = {
         "model": info.name, "precision": info.precision, "device": info.device, "target": target.to_dict(),
-        "settings": {"frames": s.frames, "slowfast": s.slowfast.name(), "visual_tokens": s.visual_tokens,
+        "settings": {"frames": s.frames, "slowfast": "video budget" if s.video_budget_tokens else s.slowfast.name(),
+                     "visual_tokens": s.visual_tokens,
                      "prefill_tokens": s.prefill_tokens, "text_tokens": s.text_tokens, "max_context": s.max_context,
                      "kv_dtype": kv_dtype(info, s), "max_new_tokens": s.max_new_tokens},
         "sizes": "file sizes on disk" if info.file_bytes else "computed from the geometry",

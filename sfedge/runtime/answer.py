@@ -74,7 +74,7 @@ class Answerer:
         self.prompt_context = PromptContext(tokenizer.encode, bos, image_token_id, variant)
         self.eos, self.prefill_chunk = frozenset(eos), prefill_chunk
         self.prefix = PrefixCache(decoder, prefix_cache_bytes, enabled=prefix_reuse)
-        self._input = next(iter(slowfast.inputs))
+        self._input = next(iter(slowfast.inputs)) if slowfast is not None else None
 
     def prompt_ids(self, question: str, options: Sequence[str] | None = None,
                    blocks: Sequence[VisualBlock] | None = None) -> list[int]:
@@ -94,6 +94,8 @@ class Answerer:
     def pool(self, features, *, on_device: bool = False):
         """Features [T, 576, D] -> visual tokens [N, D] (the exported pooling graph); an OrtValue (or
         DeviceTensor) left on the engine's device when `on_device`."""
+        if self.slowfast is None:  # a family without a pooling graph: its encoder stage made the tokens
+            return features
         (visual,) = self.slowfast.infer({self._input: features}, on_device=on_device).values()
         return visual
 

@@ -75,13 +75,20 @@ class Pipeline:
 
     def __init__(self, engines_dir: str | Path, provider: str = "cpu", *, trt_cache_dir: str | Path | None = None,
                  prefill_chunk: int | None = None, threads: int = 0, prefix_cache_mb: float = PREFIX_CACHE_MB,
-                 prefix_reuse: bool = True, cuda_graph: bool = False):
+                 prefix_reuse: bool = True, cuda_graph: bool = False, prune: bool = True):
         """`prefix_cache_mb`: host memory for saved KV prefixes besides the decoder's own buffer (0: the
         buffer's alone); `prefix_reuse` False: every prompt is prefilled whole (cold benchmarks);
         `cuda_graph`: on the CUDA provider, capture the LLM's decode step in a CUDA graph (shared KV
-        layout only; off by default until tests/test_gpu.py's captured-loop test has run on a GPU)."""
+        layout only; off by default until tests/test_gpu.py's captured-loop test has run on a GPU);
+        `prune` False is refused: SlowFast-LLaVA has no token pruning (VideoLLaMA3's pipeline has)."""
         root = Path(engines_dir)
         self.manifest = load_manifest(root)  # raises ManifestError before anything is loaded
+        if "pipeline" not in self.manifest:  # another family's engines (its own pipeline: open_pipeline)
+            raise SfedgeError(f"{root} holds {self.manifest.get('family')} engines: `sfedge ask`, `verify`, `bench` and "
+                              "`plan` run them; `watch`, `serve` and `demo` run SlowFast-LLaVA engines only for now")
+        if not prune:
+            raise SfedgeError("--no-prune: these engines prune no tokens (SlowFast-LLaVA pools every frame); "
+                              "pruning is VideoLLaMA3's")
         native = self.manifest.get("tensorrt", {}).get("plans", {})
         # native TensorRT plans for both vision stages need only the CUDA EP (for the LLM)
         check_provider("cuda" if provider == "tensorrt" and {"vision", "slowfast"} <= set(native) else provider)
@@ -104,24 +111,15 @@ class Pipeline:
         self.max_frames = model.get("max_frames")
         self.encoder = self.family.encoder(engine("vision"), self.spec, self.max_frames)
         slowfast = engine("slowfast")
-        shared = _shares_buffer(root, comps["llm"])
+        shared = shares_buffer(root, comps["llm"])
         # TensorRT takes vision and slowfast; the LLM's GroupQueryAttention (in-place KV buffer)
         # is a CUDA-EP contrib op TensorRT cannot build, so the LLM runs on the CUDA EP.
         llm = engine("llm", "cuda" if provider == "tensorrt" else provider, mem_reuse=shared,
                      cuda_graph=cuda_graph and shared and provider == "cuda")
-        table = np.load(root / comps["embeddings"]["path"], mmap_mode="r")
-        decoder = Decoder(llm, table, root / comps["greedy_step"]["path"],
-                          kv_names=_kv_names(comps["llm"], model["num_layers"]),
-                          num_kv_heads=model["num_kv_heads"], head_dim=model["head_dim"],
-                          max_length=model["max_length"], shared=shared)
-        eos = model.get("eos_token_ids", model.get("eos_token_id"))
-        tokenizer = TextTokenizer(root / comps["tokenizer"]["path"])
-        check_canary(tokenizer, self.manifest)  # the ids the export's tokenizer guard recorded
-        splicer = Splicer(root / comps["splice"]["path"], decoder.device_table, decoder.device)
+        decoder, tokenizer, splicer, eos = open_llm_parts(root, self.manifest, llm, shared)
         self.answerer = Answerer(slowfast, decoder, tokenizer, splicer, family=self.family, variant=self.prompt_family,
                                  spec=self.spec, bos=model.get("bos_token_id"),
-                                 image_token_id=model["image_token_id"],
-                                 eos=[eos] if isinstance(eos, int) else eos or [], prefill_chunk=prefill_chunk,
+                                 image_token_id=model["image_token_id"], eos=eos, prefill_chunk=prefill_chunk,
                                  prefix_cache_bytes=int(prefix_cache_mb * 2**20), prefix_reuse=prefix_reuse)
         # what makes visual tokens from frames: part of every visual key (the prefix cache's identity)
         files = self.manifest.get("files", {})
@@ -230,6 +228,29 @@ class Pipeline:
             raise SfedgeError(f"{n} frames exceed the engines' max_frames {self.max_frames}")
 
 
+def open_pipeline(engines_dir: str | Path, **options):
+    """The pipeline of the family the engines' manifest names (`Family.pipeline`), with `options`
+    (provider, cuda_graph ...; `prune` only for a family that prunes)."""
+    return family_of_manifest(load_manifest(Path(engines_dir), verify_files=False)).pipeline(engines_dir, **options)
+
+
+def open_llm_parts(root: Path, manifest: dict, llm, shared: bool) -> tuple[Decoder, TextTokenizer, Splicer, list[int]]:
+    """What every family's answer stage opens the same way: the decoder over the LLM engine and its
+    embedding table, the tokenizer (checked against the export's canaries), the splice graph on the
+    decoder's device, and the EOS ids."""
+    model, comps = manifest["model"], manifest["components"]
+    table = np.load(root / comps["embeddings"]["path"], mmap_mode="r")
+    decoder = Decoder(llm, table, root / comps["greedy_step"]["path"],
+                      kv_names=_kv_names(comps["llm"], model["num_layers"]),
+                      num_kv_heads=model["num_kv_heads"], head_dim=model["head_dim"],
+                      max_length=model["max_length"], shared=shared)
+    tokenizer = TextTokenizer(root / comps["tokenizer"]["path"])
+    check_canary(tokenizer, manifest)  # the ids the export's tokenizer guard recorded
+    splicer = Splicer(root / comps["splice"]["path"], decoder.device_table, decoder.device)
+    eos = model.get("eos_token_ids", model.get("eos_token_id"))
+    return decoder, tokenizer, splicer, [eos] if isinstance(eos, int) else list(eos or [])
+
+
 def _drain(stream: Generator[str, None, AskResult], on_token) -> AskResult:
     while True:
         try:
@@ -264,7 +285,7 @@ def _kv_names(llm: dict, num_layers: int) -> list[tuple[str, str]]:
     return pairs
 
 
-def _shares_buffer(root: Path, llm: dict) -> bool:
+def shares_buffer(root: Path, llm: dict) -> bool:
     """Whether the LLM graph updates one max-length KV buffer in place (GroupQueryAttention with
     past_present_share_buffer): the manifest's llm entry says so, else the builder's genai_config."""
     kv = llm.get("kv_cache", {})

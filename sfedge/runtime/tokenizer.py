@@ -19,9 +19,10 @@ class TextTokenizer:
             raise SfedgeError(f"no tokenizer.json at {path}")
         self._tok = Tokenizer.from_file(str(file))
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids with the tokenizer's special tokens (e.g. BOS), as `tokenizer(text)` gives."""
-        return self._tok.encode(text, add_special_tokens=True).ids
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids with the tokenizer's special tokens (e.g. BOS), as `tokenizer(text)` gives
+        (`add_special_tokens` False: as `tokenizer(text, add_special_tokens=False)`)."""
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)

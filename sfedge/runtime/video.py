@@ -11,6 +11,7 @@ Only wanted frames are converted to RGB, and decoded frames are dropped one at a
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,19 +61,22 @@ def count_frames(path: str | Path) -> int:
         return _index_packets(container, stream, path).total
 
 
-def load_video(path: str | Path, num_frames: int = 50, *, seek: bool | None = None) -> VideoFrames:
+def load_video(path: str | Path, num_frames: int = 50, *, seek: bool | None = None,
+               sampler: Callable[[int], list[int]] | None = None) -> VideoFrames:
     """Sample `num_frames` frames (SPEC 2) from a video file or an image directory.
 
+    `sampler(total)` -> frame indices replaces SPEC 2's sampling (another model family's rule).
     `seek` forces keyframe seeking (True) or a sequential decode (False); None picks seeking
     when fewer frames are wanted than there are keyframes and every packet has a pts."""
     path = _existing(path)
+    sampler = sampler or (lambda total: sample_frame_indices(total, num_frames))
     if path.is_dir():
-        return _load_image_dir(path, num_frames)
+        return _load_image_dir(path, sampler)
     with _open(path) as container:
         index = _index_packets(container, container.streams.video[0], path)
     if index.total == 0:
         raise SfedgeError(f"no video frames in {path}")
-    indices = sample_frame_indices(index.total, num_frames)
+    indices = sampler(index.total)
     wanted = sorted(set(indices))
     if seek is None:
         seek = index.pts is not None and len(wanted) < len(index.keyframes)
@@ -89,6 +93,18 @@ def load_video(path: str | Path, num_frames: int = 50, *, seek: bool | None = No
     if missing:
         raise SfedgeError(f"cannot decode {path}: frame {missing[0]} of {index.total} never came out of the decoder")
     return VideoFrames([decoded[n] for n in indices], indices, index.total, str(path))
+
+
+def frame_rate(path: str | Path) -> float | None:
+    """The video stream's average frame rate (what transformers' PyAV loader records as the video's
+    fps), else its guessed rate; None for an image directory or a stream that states neither."""
+    path = _existing(path)
+    if path.is_dir():
+        return None
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+    return float(rate) if rate else None
 
 
 def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
@@ -187,10 +203,10 @@ def _image_files(directory: Path) -> list[Path]:
     return files
 
 
-def _load_image_dir(directory: Path, num_frames: int) -> VideoFrames:
+def _load_image_dir(directory: Path, sampler: Callable[[int], list[int]]) -> VideoFrames:
     """Image files in sorted name order are the frames; only the sampled ones are opened."""
     files = _image_files(directory)
-    indices = sample_frame_indices(len(files), num_frames)
+    indices = sampler(len(files))
     loaded = {}
     for n in sorted(set(indices)):
         try:
