@@ -140,8 +140,10 @@ def node_floor(ev: dict, ctx: int, causal: bool, kv: dict, c: dict) -> tuple[flo
     nbytes = int(a.get("parameter_size", 0)) + int(a.get("activation_size", 0)) + int(a.get("output_size", 0))
     flops = 0.0
     if op in ("MatMul", "MatMulNBits", "FusedMatMul") and ins and outs:
-        m = int(np.prod(outs[0][:-1]))
-        flops = 2.0 * m * ins[0][-1] * outs[0][-1]
+        m, k, n = int(np.prod(outs[0][:-1])), ins[0][-1], outs[0][-1]
+        flops = 2.0 * m * k * n
+        if op == "MatMulNBits":  # the profiler counts the scales but not the prepacked int4 weight
+            nbytes = 4 * (m * k + m * n) + k * n // 2 + (k // kv["block_size"]) * n * 4
     elif op == "GroupQueryAttention" and ins:
         q = ins[0]  # [B, S, H*d] (packed q only when k and v come separately)
         s = q[1]
@@ -200,7 +202,8 @@ def profile(root: Path, positions: list[int], decode_steps: int, reps: int, thre
     tmp = tempfile.mkdtemp(prefix="sfedge-prof-")
     manifest, dec = _open_decoder(root, threads, os.path.join(tmp, "llm"))
     m = manifest["model"]
-    kv = {"num_kv_heads": m["num_kv_heads"], "head_dim": m["head_dim"], "itemsize": np.dtype(dec.dtype).itemsize}
+    kv = {"num_kv_heads": m["num_kv_heads"], "head_dim": m["head_dim"], "itemsize": np.dtype(dec.dtype).itemsize,
+          "block_size": (manifest.get("quantization") or {}).get("block_size", 32)}
     rng = np.random.default_rng(0)
     plan = []  # (kind, N, ctx) per Run, in order
     for _ in range(reps):

@@ -1,0 +1,91 @@
+"""An int8 vision graph for the CPU (`sfedge export --vision-int8`): ONNX Runtime's dynamic
+quantization (`onnxruntime.quantization.quantize_dynamic`) of the exported fp32 vision.onnx.
+
+Every MatMul with a constant weight (CLIP's q/k/v/o and MLP projections, the LLaVA projector)
+gets int8 weights, per output channel, and int8 activations quantized per tensor at run time
+(DynamicQuantizeLinear -> MatMulInteger, fused by ORT into DynamicQuantizeMatMul); the
+activation x activation MatMuls of attention, the patch Conv, LayerNorm and softmax stay fp32.
+Inputs and outputs keep their dtypes (float32 pixels in, float32 features out), so nothing else in
+the engines directory or the runtime changes.
+
+Order in the export: validation (vision, slowfast, LLM, chain) runs on the fp32 graph as always;
+then the graph is quantized and the int8 graph's features are compared with the fp32 graph's on
+the same random frames. The manifest's `components.vision.quantization` records how it was made
+and that comparison (max abs, rel, cosine); the export fails (ValidationError) if the cosine is
+below `MIN_COSINE`. The effect on generated tokens is measured by scripts/vision_int8_effect.py
+(docs/BENCHMARKS.md), not here.
+
+`reduce_range` (7-bit weights) is on: on x86 CPUs without VNNI, MLAS's u8 x s8 kernels
+(vpmaddubsw) add pairs of products in int16 and can saturate with full 8-bit weights.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SfedgeError, ValidationError
+from ..spec import IMAGE_SIZE
+
+VISION = "vision.onnx"
+# the int8 graph's features vs the fp32 graph's (cosine of mean-centred features, worst frame
+# set): measured 0.99x on the tiny model and sf-llava-cpu (docs/BENCHMARKS.md, "int8 vision")
+MIN_COSINE = 0.98
+SETTINGS = {"method": "dynamic", "tool": "onnxruntime.quantization.quantize_dynamic", "weights": "int8 per channel",
+            "reduce_range": True, "activations": "uint8 per tensor, quantized at run time",
+            "op_types": ["MatMul"], "const_weights_only": True}
+
+
+def check_supported(precision: str, device: str) -> None:
+    """--vision-int8 needs an fp32 vision graph run by the CPU provider."""
+    if device != "cpu":
+        raise SfedgeError("--vision-int8 is for CPU engines (--device cpu): the int8 ops run on ONNX Runtime's CPU provider")
+    if precision == "fp16":
+        raise SfedgeError("--vision-int8 quantizes the fp32 vision graph; use it with --precision fp32 or int4, not fp16")
+
+
+def _features(path: Path, pixels: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    from ..runtime.engines import session_options
+
+    sess = ort.InferenceSession(str(path), sess_options=session_options("cpu"), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"pixel_values": pixels})[0].astype(np.float32)
+
+
+def compare(expected: np.ndarray, got: np.ndarray) -> dict:
+    """max abs, rel (max abs / max |expected|) and cosine of the mean-centred outputs."""
+    diff = np.abs(got - expected)
+    e, g = expected - expected.mean(), got - got.mean()
+    cosine = float((e * g).sum() / (np.linalg.norm(e) * np.linalg.norm(g) + 1e-30))
+    return {"max_abs": float(diff.max()), "rel": float(diff.max() / (np.abs(expected).max() + 1e-30)), "cosine": cosine}
+
+
+def quantize_vision(root: Path, frames: int = 2, seed: int = 0) -> dict:
+    """Replace root/vision.onnx (+ .data) with its int8 dynamic quantization; return the manifest's
+    `quantization` block (settings + features vs the fp32 graph on `frames` random frames)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src = root / VISION
+    pixels = np.random.default_rng(seed).standard_normal((frames, 3, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
+    expected = _features(src, pixels)
+    with tempfile.TemporaryDirectory(prefix=".vision-int8-", dir=root) as tmp:
+        dst = Path(tmp) / VISION
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, reduce_range=SETTINGS["reduce_range"],
+                         op_types_to_quantize=SETTINGS["op_types"], use_external_data_format=True,
+                         extra_options={"MatMulConstBOnly": True})
+        got = _features(dst, pixels)
+        effect = compare(expected, got) | {"frames": frames, "input": f"N(0, 1) pixels, seed {seed}",
+                                           "against": "the exported fp32 vision graph", "min_cosine": MIN_COSINE}
+        if not np.isfinite(effect["max_abs"]) or effect["cosine"] < MIN_COSINE:
+            raise ValidationError(f"int8 vision: features cosine {effect['cosine']:.4f} vs the fp32 graph "
+                                  f"< {MIN_COSINE} (max abs {effect['max_abs']:.3g})")
+        for old in root.glob(VISION + "*"):
+            old.unlink()
+        for new in Path(tmp).glob(VISION + "*"):
+            shutil.move(str(new), root / new.name)
+    return SETTINGS | {"vs_fp32": effect,
+                       "validation": "vision and chain validation ran on the fp32 graph before quantization"}
