@@ -11,6 +11,11 @@ prefill_chunk). An empty SPEC is the default. Each round runs every variant once
 (OrtEngine + Decoder), runs one untimed prefill + 2 decode steps, then times a prefill of N
 random positions and `--decode-steps` greedy decode steps after it. Medians over rounds;
 ratios against the first variant. The load average is printed before and after.
+
+Each time is given as wall clock (`_ms`) and as the process's CPU time (`_cpu_ms`, all its threads).
+On a machine shared with other work, wall clock with 2 intra-op threads on 2 cores swings several-fold
+(a preempted worker stalls every parallel section), so kernel choices are compared with `threads=1`,
+whose CPU time is the work itself; thread settings can only be judged by wall clock on a quiet machine.
 """
 
 from __future__ import annotations
@@ -70,17 +75,20 @@ def _child(engines: Path, spec: dict, positions: list[int], steps: int, do_prefi
         embeds = (rng.standard_normal((1, n, table.shape[1])) * 0.02).astype(dec.dtype)
         dec.reset()
         if do_prefill:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             prefill(dec, embeds, chunk)
             out[f"prefill@{n}_ms"] = (time.perf_counter() - t) * 1e3
+            out[f"prefill@{n}_cpu_ms"] = (time.process_time() - c) * 1e3
         else:  # fill the cache untimed, in 1,024-position chunks
             prefill(dec, embeds, 1024)
-        times = []
+        times, cpu = [], []
         for _ in range(steps):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             step()
             times.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
         out[f"decode@{n}_ms"] = statistics.median(times) * 1e3
+        out[f"decode@{n}_cpu_ms"] = statistics.median(cpu) * 1e3
     return out
 
 
@@ -118,9 +126,9 @@ def main() -> int:
     base = summary[variants[0][0]]
     print(f"load average before {load[0][0]:.2f}, after {load[1][0]:.2f}; {args.rounds} rounds, medians (ms), "
           f"ratio = {variants[0][0]} / variant (> 1: variant faster)")
-    print(f"  {'variant':24}" + "".join(f"{k:>18}{'ratio':>7}" for k in keys))
+    print(f"  {'variant':12}" + "".join(f"{k:>22}{'ratio':>6}" for k in keys))
     for name, _ in variants:
-        print(f"  {name:24}" + "".join(f"{summary[name][k]:>18.1f}{base[k] / summary[name][k]:>7.2f}" for k in keys))
+        print(f"  {name:12}" + "".join(f"{summary[name][k]:>22.1f}{base[k] / summary[name][k]:>6.2f}" for k in keys))
     if args.json:
         print(json.dumps({"variants": dict(variants), "runs": results, "median": summary, "load": load}))
     return 0
