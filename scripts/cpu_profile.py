@@ -22,6 +22,9 @@ What it does:
    max_length buffer: its bytes are the K and V it reads (context x H_kv x d x itemsize x 2) + q
    and the output.
 Medians over reps; times are kernel times (ORT's per-node durations), the run's wall time beside.
+On a shared machine use `--threads 1 --cpu-scaled`: every node time of a Run is multiplied by that
+Run's process CPU time / wall time (the share of the core it got), which removes the other users'
+time slices; ceilings are then measured with one thread too.
 """
 
 from __future__ import annotations
@@ -196,7 +199,8 @@ def _median_tables(tables: list[dict]) -> dict:
     return out
 
 
-def profile(root: Path, positions: list[int], decode_steps: int, reps: int, threads: int, c: dict, log) -> dict:
+def profile(root: Path, positions: list[int], decode_steps: int, reps: int, threads: int, c: dict, log,
+            cpu_scaled: bool = False) -> dict:
     from sfedge.runtime.generate import decode_one, prefill
 
     tmp = tempfile.mkdtemp(prefix="sfedge-prof-")
@@ -206,15 +210,20 @@ def profile(root: Path, positions: list[int], decode_steps: int, reps: int, thre
           "block_size": (manifest.get("quantization") or {}).get("block_size", 32)}
     rng = np.random.default_rng(0)
     plan = []  # (kind, N, ctx) per Run, in order
+    busy = []  # (process CPU s, wall s) per Run
     for _ in range(reps):
         for n in positions:
             dec.reset()
             embeds = (rng.standard_normal((1, n, dec.table.shape[1])) * 0.02).astype(dec.dtype)
+            c0, t0 = time.process_time(), time.perf_counter()
             prefill(dec, embeds)
+            busy.append((time.process_time() - c0, time.perf_counter() - t0))
             plan.append(("prefill", n, n))
             for i in range(decode_steps):
                 dec.step.run_with_iobinding(dec.step_binding)  # greedy token -> embeds (not profiled)
+                c0, t0 = time.process_time(), time.perf_counter()
                 decode_one(dec)
+                busy.append((time.process_time() - c0, time.perf_counter() - t0))
                 plan.append(("decode", n, n + i + 1))
             log(f"  rep done for N={n}")
     path = dec.engine.session.end_profiling()
@@ -226,12 +235,17 @@ def profile(root: Path, positions: list[int], decode_steps: int, reps: int, thre
     for n in positions:
         for kind in ("prefill", "decode"):
             idx = [i for i, p in enumerate(plan) if p[0] == kind and p[1] == n]
+            # --cpu-scaled (one intra-op thread on a shared machine): each node's wall time times the
+            # Run's CPU time / wall time, i.e. the time it would take with the core to itself
+            scale = [min(1.0, busy[i][0] / busy[i][1]) if cpu_scaled else 1.0 for i in idx]
+            for i, f in zip(idx, scale):
+                for e in runs[i]:
+                    e["dur"] = e["dur"] * f
             tables = [aggregate(runs[i], plan[i][2], kind == "prefill", kv, c) for i in idx]
-            if kind == "decode":  # per step: median over steps and reps
-                pass
-            result[f"{kind}@{n}"] = {"ops": _median_tables(tables), "wall_ms": statistics.median(walls[i] for i in idx),
+            result[f"{kind}@{n}"] = {"ops": _median_tables(tables),
+                                     "wall_ms": statistics.median(walls[i] * f for i, f in zip(idx, scale)),
                                      "kernel_ms": statistics.median(sum(e["dur"] for e in runs[i]) / 1e3 for i in idx),
-                                     "runs": len(idx)}
+                                     "cpu_share": statistics.median(scale), "runs": len(idx)}
     for f in glob.glob(os.path.join(tmp, "*")):
         os.unlink(f)
     os.rmdir(tmp)
@@ -243,8 +257,8 @@ def format_table(result: dict, top: int = 8) -> str:
     for key, r in result.items():
         ops = sorted(r["ops"].items(), key=lambda kv: -kv[1]["ms"])
         floor_total = sum(o["floor_ms"] for _, o in ops)
-        lines.append(f"{key}: run {r['wall_ms']:.2f} ms wall, {r['kernel_ms']:.2f} ms in kernels, floor "
-                     f"{floor_total:.2f} ms ({floor_total / r['wall_ms']:.0%} of wall)")
+        lines.append(f"{key}: run {r['wall_ms']:.2f} ms, {r['kernel_ms']:.2f} ms in kernels, floor "
+                     f"{floor_total:.2f} ms ({floor_total / r['wall_ms']:.0%} of the run; CPU share {r['cpu_share']:.2f})")
         lines.append(f"  {'op':28}{'ms':>10}{'share':>8}{'floor ms':>10}{'floor/t':>9}{'GFLOP':>9}{'MB':>9}")
         for op, o in ops[:top]:
             lines.append(f"  {op:28}{o['ms']:>10.2f}{o['ms'] / r['kernel_ms']:>8.1%}{o['floor_ms']:>10.2f}"
@@ -259,6 +273,8 @@ def main() -> int:
     p.add_argument("--decode-steps", type=int, default=8)
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--cpu-scaled", action="store_true",
+                   help="with --threads 1 on a shared machine: scale each Run's node times by its CPU time / wall time")
     p.add_argument("--out", type=Path, default=None, help="write profile.json here")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
@@ -268,7 +284,10 @@ def main() -> int:
     log(f"ceilings: fp32 GEMM {c['matmul_TFLOPs'] * 1e3:.0f} GFLOP/s (ORT {c['gemm_fp32_TFLOPs']['ort_mlas'] * 1e3:.0f}, "
         f"numpy {c['gemm_fp32_TFLOPs']['numpy'] * 1e3:.0f}), int8 GEMM {c['gemm_int8_TOPs_ort'] * 1e3:.0f} GOP/s, read "
         f"{c['bandwidth_GBps']:.1f} GB/s (ORT {c['read_GBps']['ort_reducesum']:.1f}, numpy {c['read_GBps']['numpy_sum']:.1f})")
-    result = profile(Path(args.engines), args.positions, args.decode_steps, args.reps, args.threads, c, log)
+    if args.cpu_scaled and args.threads != 1:
+        p.error("--cpu-scaled needs --threads 1")
+    result = profile(Path(args.engines), args.positions, args.decode_steps, args.reps, args.threads, c, log,
+                     args.cpu_scaled)
     load_after = os.getloadavg()
     print(format_table(result))
     out = {"ceilings": c, "profile": result, "load_after": load_after, "ort": ort.__version__}
