@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 
 
-def _child(engines: Path, spec: dict, positions: list[int], steps: int, do_prefill: bool) -> dict:
+def _open(engines: Path, spec: dict):
+    """(Decoder, prefill chunk) for one variant, opened as the runtime opens the LLM."""
     import numpy as np
 
     from sfedge.manifest import load_manifest
@@ -60,6 +61,16 @@ def _child(engines: Path, spec: dict, positions: list[int], steps: int, do_prefi
                   num_kv_heads=model["num_kv_heads"], head_dim=model["head_dim"], max_length=model["max_length"],
                   shared=_shares_buffer(engines, comps["llm"]))
     chunk = int(spec["chunk"]) if "chunk" in spec else None
+    return dec, chunk
+
+
+def _child(engines: Path, spec: dict, positions: list[int], steps: int, do_prefill: bool) -> dict:
+    import numpy as np
+
+    from sfedge.runtime.generate import decode_one, prefill
+
+    dec, chunk = _open(engines, spec)
+    table = dec.table
     rng = np.random.default_rng(0)
     out = {}
 
@@ -92,6 +103,35 @@ def _child(engines: Path, spec: dict, positions: list[int], steps: int, do_prefi
     return out
 
 
+def interleaved(engines: Path, variants: list, n: int, steps: int, rounds: int) -> dict:
+    """Decode only, all variants in this process: each variant's cache filled to `n` positions once,
+    then `rounds` x (for each variant: `steps` decode steps from context n), ABAB...; per-step wall and
+    CPU time, medians. Meant for threads=1 variants (no worker pools competing between sessions)."""
+    import numpy as np
+
+    from sfedge.runtime.generate import decode_one, prefill
+
+    decs = {}
+    for name, spec in variants:
+        dec, _ = _open(engines, dict(kv.split("=", 1) for kv in spec.split(",") if kv))
+        embeds = (np.random.default_rng(0).standard_normal((1, n, dec.table.shape[1])) * 0.02).astype(dec.dtype)
+        prefill(dec, embeds, 1024)
+        decs[name] = dec
+    times = {name: {"wall": [], "cpu": []} for name in decs}
+    for _ in range(rounds):
+        for name, dec in decs.items():
+            dec.truncate(n)
+            dec.set_mask(n)
+            for _ in range(steps):
+                t, c = time.perf_counter(), time.process_time()
+                dec.step.run_with_iobinding(dec.step_binding)
+                decode_one(dec)
+                times[name]["wall"].append((time.perf_counter() - t) * 1e3)
+                times[name]["cpu"].append((time.process_time() - c) * 1e3)
+    return {name: {f"decode@{n}_ms": statistics.median(t["wall"]), f"decode@{n}_cpu_ms": statistics.median(t["cpu"])}
+            for name, t in times.items()}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("engines", type=Path)
@@ -101,6 +141,8 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--no-prefill", dest="prefill", action="store_false")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--interleaved", action="store_true",
+                   help="decode only, every variant in this one process, alternating every --decode-steps steps")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child is not None:
@@ -110,7 +152,11 @@ def main() -> int:
     variants = [v.split("=", 1) if "=" in v else (v, "") for v in args.variant] or [("default", "")]
     load = [os.getloadavg()]
     results = {name: [] for name, _ in variants}
-    for r in range(args.rounds):
+    if args.interleaved:
+        for n in args.positions:
+            for name, r in interleaved(args.engines, variants, n, args.decode_steps, args.rounds).items():
+                (results[name] or results[name].append({}) or results[name])[0].update(r)
+    for r in range(0 if args.interleaved else args.rounds):
         for name, spec in variants:
             cmd = [sys.executable, __file__, str(args.engines), "--child", spec, "--positions", *map(str, args.positions),
                    "--decode-steps", str(args.decode_steps)] + ([] if args.prefill else ["--no-prefill"])
