@@ -138,7 +138,6 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
             bar.step("LLM builder")
             llm_mod.run_builder(scratch / "text", root / "llm", precision, device, scratch / "builder.log")
         llm_mod.logits_for_last_position(root / "llm")
-        llm_mod.set_kv_cache_dtype(root / "llm", llm_mod.kv_cache_dtype(precision, device))
         llm = llm_mod.describe_llm(root / "llm", "llm", precision, device)
         if llm["kv_cache"]["max_length"] != context["max_context"]:
             raise ValidationError(f"the builder made a decoder for {llm['kv_cache']['max_length']} positions, "

@@ -27,11 +27,6 @@ Precision mapping (what is built, recorded per component in the manifest):
                                           means fp16 vision + slowfast and an fp32 LLM.
     int4       any     int4               MatMulNBits, RTN symmetric, block 32; I/O fp32 on cpu,
                                           fp16 on cuda; accuracy_level 4 (int8 activations) on cpu
-
-KV cache dtype: as the I/O (above), except int4 on cpu: fp16 (`kv_cache_dtype`, applied to the built
-graph by `set_kv_cache_dtype`). ONNX Runtime's CPU GroupQueryAttention takes an fp16 cache with fp32
-activations; decode at a 3k context reads half the KV bytes (docs/BENCHMARKS.md, "CPU: issue 18").
-fp32 engines keep an fp32 cache (fp32 token parity).
 """
 
 from __future__ import annotations
@@ -68,42 +63,13 @@ def io_dtype(precision: str, device: str) -> str:
     return "float16" if device == "cuda" and precision in ("fp16", "int4") else "float32"
 
 
-def kv_cache_dtype(precision: str, device: str) -> str:
-    """The KV cache's dtype (module docstring): fp16 for the CPU int4 decoder, else the I/O dtype."""
-    return "float16" if (precision, device) == ("int4", "cpu") else io_dtype(precision, device)
-
-
-def set_kv_cache_dtype(llm_dir: Path, dtype: str) -> None:
-    """Declare llm_dir/model.onnx's past_key_values.* inputs and present.* outputs as `dtype`
-    (GroupQueryAttention's cache type T_CACHE may differ from its activations' T). Only the graph
-    proto changes; nothing to do when they already have that dtype."""
-    import onnx
-
-    path = llm_dir / "model.onnx"
-    model = onnx.load(str(path), load_external_data=False)
-    elem = {"float16": onnx.TensorProto.FLOAT16, "float32": onnx.TensorProto.FLOAT}[dtype]
-    kv = [io for io in list(model.graph.input) + list(model.graph.output)
-          if io.name.startswith(("past_key_values.", "present."))]
-    if not kv:
-        raise SfedgeError(f"{path}: no past_key_values.* / present.* tensors in the builder's graph")
-    if all(io.type.tensor_type.elem_type == elem for io in kv):
-        return
-    if any(n.op_type != "GroupQueryAttention" for n in model.graph.node
-           if any(i.startswith("past_key_values.") for i in n.input)):
-        raise SfedgeError(f"{path}: the KV cache feeds ops other than GroupQueryAttention; cannot change its dtype")
-    for io in kv:
-        io.type.tensor_type.elem_type = elem
-    onnx.save(model, str(path))
-
-
 def quantization(precision: str, device: str) -> dict | None:
     """The int4 settings passed to the builder (and recorded in the manifest)."""
     if precision != "int4":
         return None
     return {"method": "rtn", "op": "MatMulNBits", "bits": 4, "block_size": INT4_BLOCK_SIZE,
             "symmetric": True, "accuracy_level": 4 if device == "cpu" else 0,
-            "scope": "every decoder MatMul incl. lm_head; embeddings, norms and KV cache unquantized",
-            "kv_cache_dtype": kv_cache_dtype(precision, device)}
+            "scope": "every decoder MatMul incl. lm_head; embeddings, norms and KV cache unquantized"}
 
 
 def weight_files(ckpt: Path) -> list[Path]:

@@ -202,11 +202,10 @@ def llm_step(sess, llm: dict, embeds: np.ndarray, past: dict | None = None) -> t
     (logits as float32 — [1,1,V], the last position, from sfedge's graphs; [1,S,V] from an
     unmodified builder graph —, {past input name: present array} for the next call)."""
     kv = llm["kv_cache"]
-    dtype = _NP[kv["dtype"]]  # the cache's; the activations' may differ (fp16 cache of the CPU int4 graph)
-    emb_dtype = _NP[next(io["dtype"] for io in llm["inputs"] if io["name"] == "inputs_embeds")]
+    dtype = _NP[kv["dtype"]]
     past_len = 0 if past is None else next(iter(past.values())).shape[2]
     total = past_len + embeds.shape[1]
-    feed = {"inputs_embeds": embeds.astype(emb_dtype), "attention_mask": np.ones((1, total), np.int64)}
+    feed = {"inputs_embeds": embeds.astype(dtype), "attention_mask": np.ones((1, total), np.int64)}
     if llm["position_ids"]:
         feed["position_ids"] = np.arange(past_len, total, dtype=np.int64)[None]
     names = [(kv[f"past_{w}"] % i, kv[f"present_{w}"] % i) for i in range(kv["num_layers"]) for w in ("key", "value")]

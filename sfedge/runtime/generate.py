@@ -65,9 +65,7 @@ class Decoder:
         kv_len = max_length if shared else 0
         self.present_of = dict(kv_names)
         self.past_names = list(self.present_of)
-        # the KV cache's own dtype: fp16 in the CPU int4 graph, whose activations are fp32 (export/llm.py)
-        self.kv_dtype = engine.inputs[self.past_names[0]].dtype if self.past_names else self.dtype
-        self.kv = {n: self._alloc([1, num_kv_heads, kv_len, head_dim], self.kv_dtype) for n in self.past_names}
+        self.kv = {n: self._alloc([1, num_kv_heads, kv_len, head_dim], self.dtype) for n in self.past_names}
         self.ones = self._upload(np.ones((1, max_length), np.int64))
         self.positions = self._upload(np.arange(max_length, dtype=np.int64)[None])
         if engine.outputs["logits"].shape[1] != 1:
@@ -88,7 +86,7 @@ class Decoder:
         self.step_binding.bind_ortvalue_output("embeds", self.embeds)
         self.length = 0  # tokens now in the cache
         self.items: list = []  # what each cached position holds: prompt items, then fed-back token ids
-        self.bytes_per_token = len(self.past_names) * num_kv_heads * head_dim * np.dtype(self.kv_dtype).itemsize
+        self.bytes_per_token = len(self.past_names) * num_kv_heads * head_dim * np.dtype(self.dtype).itemsize
         if shared:
             self._make_decode_binding()
 
@@ -146,7 +144,7 @@ class Decoder:
             raise ValueError(f"cannot keep {n} of {self.length} cached positions")
         if not self.shared and n < self.length:  # concat layout: the pasts are exactly `length` long
             self.kv = {name: self._upload(v.numpy()[:, :, :n]) if n else
-                       self._alloc([1, v.shape()[1], 0, v.shape()[3]], self.kv_dtype) for name, v in self.kv.items()}
+                       self._alloc([1, v.shape()[1], 0, v.shape()[3]], self.dtype) for name, v in self.kv.items()}
         self.length = n
         del self.items[n:]
 
