@@ -36,7 +36,7 @@ def _open(engines: Path, spec: dict):
 
     from sfedge.manifest import load_manifest
     from sfedge.runtime import engines as eng
-    from sfedge.runtime.generate import Decoder, decode_one, prefill
+    from sfedge.runtime.generate import Decoder
     from sfedge.runtime.pipeline import _kv_names, _shares_buffer
 
     manifest = load_manifest(engines)
