@@ -116,8 +116,9 @@ class Answerer:
         timings = {"slowfast": 0.0}
         start = self.prefix.prepare(items, keep=pos + n_visual)
         if start < pos + n_visual:  # some visual tokens must be prefilled: pool the features
+            features = visual.features()  # lazy: preprocessing and vision run here, timed by the encoder
             t = time.perf_counter()
-            pooled = self.pool(visual.features())
+            pooled = self.pool(features)
             timings["slowfast"] = (time.perf_counter() - t) * 1e3
             if pooled.shape[0] != n_visual:
                 raise SfedgeError(f"the slowfast engine made {pooled.shape[0]} visual tokens for {visual.num_frames} "
