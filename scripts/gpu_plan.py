@@ -77,6 +77,7 @@ def build_steps(cfg: dict, work: Path) -> list[Step]:
 
     steps += prep(f"L{d1}", cfg["precisions"])
     steps += [Step("cuda-tokens", me + ["cuda-tokens"], 30, resources=gpu, part="a"),
+              Step("greedy-cost", me + ["greedy-cost"], 20, needs=("cuda-tokens",), resources=gpu, part="a"),
               Step("gpu-tests", me + ["gpu-tests"], 60, resources=gpu, part="a")]
     steps += [bench(f"L{d1}", p, "b") for p in cfg["precisions"]]
     for d in more:

@@ -223,6 +223,38 @@ def _session_options_seen(pipe) -> dict:
     return seen
 
 
+def greedy_cost(work: Path, cfg: dict) -> dict:
+    """The greedy loop's second session (greedy_step.onnx) per token vs the LLM step alone, on the
+    plan's provider (sfedge/bench/greedy_step.py): the carried tiny engines (V 1024: the run's fixed
+    cost) and, if exported by now, the first depth's engines (the real vocabulary and width). On CUDA
+    also with the decode and greedy steps captured in CUDA graphs, each captured measurement in a child
+    process (a failure there is recorded, not fatal)."""
+    from sfedge.bench.greedy_step import measure_engines
+
+    engines = [Path(cfg["carry"]) / "tiny-fp32"]
+    prec, tag = cfg["precisions"][0], f"L{cfg['depths'][0]}"
+    if (work / "results" / f"export-{prec}-{tag}.json").is_file():
+        engines.append(_engines(work, prec, tag))
+    out: dict = {"runs": [], "captured_errors": []}
+    for eng in engines:
+        out["runs"].append(measure_engines(eng, cfg["provider"], tokens=32, rounds=5))
+        print(json.dumps(out["runs"][-1]), flush=True)
+        if cfg["provider"] != "cuda":
+            continue
+        try:
+            p = subprocess.run([sys.executable, str(ROOT / "scripts" / "greedy_step_cost.py"), str(eng), "--provider",
+                                "cuda", "--cuda-graph", "on"], capture_output=True, text=True, timeout=90)
+        except subprocess.TimeoutExpired:
+            out["captured_errors"].append({"engines": str(eng), "rc": None, "stderr": "timed out after 90 s"})
+            continue
+        print(p.stdout[-3000:], p.stderr[-3000:])
+        if p.returncode == 0:
+            out["runs"] += json.loads(p.stdout.strip().splitlines()[-1])["results"]
+        else:
+            out["captured_errors"].append({"engines": str(eng), "rc": p.returncode, "stderr": p.stderr[-2000:]})
+    return out
+
+
 def gpu_tests(work: Path, cfg: dict) -> dict:
     xml = work / "gpu-tests.xml"
     env = dict(os.environ, SFEDGE_GPU_CARRY=cfg["carry"])
@@ -269,6 +301,8 @@ def run_step(name: str, work: Path) -> None:
         result = cuda_tokens(work, cfg)
     elif name == "gpu-tests":
         result = gpu_tests(work, cfg)
+    elif name == "greedy-cost":
+        result = greedy_cost(work, cfg)
     elif name == "validate-tiny-cuda":
         result = validate_tiny(work, cfg)
     elif kind in ("make", "ref"):
@@ -325,6 +359,8 @@ def summarize(results: Path) -> dict:
     return {"ceilings": load("ceilings"), "env": load("env"), "floors_full_fp16_ms": floors,
             "cuda_tokens": (load("cuda-tokens") or {}).get("match"),
             "gpu_tests": load("gpu-tests"), "benches": benches,
+            "greedy_cost_ms": [{k: r[k] for k in ("engines", "cuda_graph", "vocab", "hidden")} | r["medians_ms"]
+                               for r in (load("greedy-cost") or {}).get("runs", [])],
             "per_layer": {**{f"{prec} engines": per_layer(r, "engine", full_layers) for prec, r in by_prec.items()},
                           **{"reference (PyTorch, the same for every precision)": per_layer(r, "reference", full_layers)
                              for r in list(by_prec.values())[:1]}}}

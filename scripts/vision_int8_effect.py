@@ -62,9 +62,10 @@ def tokens(fp32_dir: Path, int8_dir: Path) -> dict:
                      "equal_prefix": k, "compared": min(len(ra.token_ids), len(rb.token_ids)),
                      "first_logits_rel": float(np.abs(la - lb).max() / np.abs(la).max()),
                      "top1_equal": int(np.argmax(la)) == int(np.argmax(lb))})
-    pixels = np.random.default_rng(0).standard_normal((8, 3, 336, 336)).astype(np.float32)
-    eff = _features_effect(a.vision.infer({"pixel_values": pixels})["features"],
-                           b.vision.infer({"pixel_values": pixels})["features"])
+    from sfedge.export.vision_int8 import random_frames
+
+    feeds = random_frames(a.vision.session, 8, seed=0)
+    eff = _features_effect(a.vision.infer(feeds)["features"], b.vision.infer(feeds)["features"])
     n = len(rows)
     return {"cases": n, "tokens_equal": sum(r["tokens_equal"] for r in rows),
             "top1_equal": sum(r["top1_equal"] for r in rows),
@@ -81,13 +82,15 @@ def speed(fp32_dir: Path, int8_dir: Path, frames: int, rounds: int, threads: int
     for name, d in (("fp32", fp32_dir), ("int8", int8_dir)):
         m = load_manifest(d)
         engines[name] = OrtEngine(d / m["components"]["vision"]["path"], "cpu", threads=threads)
-    pixels = np.random.default_rng(0).standard_normal((frames, 3, 336, 336)).astype(np.float32)
-    out = {k: e.infer({"pixel_values": pixels})["features"] for k, e in engines.items()}  # warm-up
+    from sfedge.export.vision_int8 import random_frames
+
+    feeds = random_frames(engines["fp32"].session, frames, seed=0)
+    out = {k: e.infer(feeds)["features"] for k, e in engines.items()}  # warm-up
     times = {k: {"wall_ms": [], "cpu_ms": []} for k in engines}
     for _ in range(rounds):
         for k, e in engines.items():
             t, c = time.perf_counter(), time.process_time()
-            e.infer({"pixel_values": pixels})
+            e.infer(feeds)
             times[k]["wall_ms"].append((time.perf_counter() - t) * 1e3)
             times[k]["cpu_ms"].append((time.process_time() - c) * 1e3)
     med = {k: {m: statistics.median(v) for m, v in t.items()} for k, t in times.items()}

@@ -1,15 +1,17 @@
 """manifest.json: the one contract between export (writes it) and runtime (trusts nothing else).
 
-Torch-free. Schema (version 1):
+Torch-free. Schema (version 2; version 1 engines took normalised float32 pixel_values
+[T,3,336,336] and are refused with a message to re-export):
 
     {
-      "schema_version": 1,
+      "schema_version": 2,
       "sfedge_version": "0.1.0",
       "created_utc": "2026-11-21T12:00:00Z",
       "precision": "fp32" | "fp16" | "int4",
       "device": "cpu" | "cuda",                      # what the graphs were built/optimised for
       "quantization": {...} | null,                  # int4: method, block_size, accuracy_level ...
       "pipeline": PipelineSpec.to_dict(),            # sampling, preprocess, slowfast settings
+      "family": "llava_next",                        # the model family (sfedge/families); absent: llava_next
       "prompt_family": "vicuna" | "chatml",
       "model": {                                     # what the runtime needs to drive the LLM
         "hidden_size": D, "vocab_size": V, "num_layers": L, "num_kv_heads": H_kv,
@@ -24,6 +26,8 @@ Torch-free. Schema (version 1):
         "tokenizer":  {"path": "tokenizer"},       # a directory holding tokenizer.json
         "greedy_step": {"path": "greedy_step.onnx", "inputs": [IO], "outputs": [IO]}
                                                      # ArgMax(logits) + Gather(table) -> token, embeds
+        "splice":     {"path": "splice.onnx", "inputs": [IO], "outputs": [IO]}
+                                                     # Gather(table, ids) + ScatterND(visual) -> embeds
       },
       "source": {"checkpoint": "...", "config_sha256": "...", "weights_sha256": {file: sha}},
       "versions": {"torch": ..., "transformers": ..., "onnx": ..., "onnxruntime": ...,
@@ -32,17 +36,24 @@ Torch-free. Schema (version 1):
       "files": {"relative/path": "sha256", ...}      # every file written, manifest excluded
     }
 
-    IO = {"name": "pixel_values", "dtype": "float32", "shape": ["T", 3, 336, 336],
-          "dynamic": {"T": [1, 64]}}
+    IO = {"name": "features", "dtype": "float32", "shape": ["T", 576, 4096], "dynamic": {"T": [1, 64]}}
 
-Extensions written by `sfedge export` (sfedge/export/), all under schema version 1:
+    The vision input (schema 2): frames resized on the host (PIL bicubic, SPEC 2) and nothing else,
+    normalised inside the graph (/255, CLIP mean / std, in float32):
+        {"name": "frames", "dtype": "uint8", "shape": ["T", 336, 336, 3], "layout": "NHWC",
+         "dynamic": {"T": [1, 64]}}
+    and the vision component records what the graph does to them:
+        "normalisation": {"in_graph": true, "formula": "(x / 255 - mean[c]) / std[c], float32",
+                          "mean": [...], "std": [...]}
+
+Extensions written by `sfedge export` (sfedge/export/), all under schema version 2:
 
     "slowfast_name": "slow_10frms_spatial_1d_max_pool-fast_4x4",
     "export_seconds": 26.6,
     "pipeline": {"sampling": {"num_frames": min(50, max_frames)}, ...},
     "model": {..., "eos_token_ids": [2]},                 # every id that ends generation
     "components": {
-      "vision":   {..., "precision": "fp32" | "fp16", "opset": 18},   # pixels always float32;
+      "vision":   {..., "precision": "fp32" | "fp16", "opset": 18},   # frames always uint8;
       "slowfast": {..., "precision": ..., "opset": 18},               # features/visual_tokens in
                                                                       # the precision's dtype
       "llm": {
@@ -99,11 +110,13 @@ import tempfile
 import time
 from pathlib import Path, PurePosixPath
 
-from .errors import ManifestError
+from .errors import ManifestError, SfedgeError
+from .families import family_of_manifest
+from .families.llava_next import LLAVA_NEXT
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the vision graph takes uint8 NHWC frames and normalises them itself (was float32 NCHW)
 MANIFEST_NAME = "manifest.json"
-COMPONENTS = ("vision", "slowfast", "llm", "embeddings", "tokenizer", "greedy_step")
+COMPONENTS = LLAVA_NEXT.graphs  # the default family's; a manifest must hold its own family's `graphs`
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -132,7 +145,7 @@ def hash_tree(root: Path) -> dict[str, str]:
 def write_manifest(root: Path, manifest: dict) -> Path:
     """Fill in schema_version and the file hashes, then write root/manifest.json."""
     manifest = dict(manifest, schema_version=SCHEMA_VERSION, files=hash_tree(root))
-    missing = [c for c in COMPONENTS if c not in manifest.get("components", {})]
+    missing = [c for c in family_of_manifest(manifest).graphs if c not in manifest.get("components", {})]
     if missing:
         raise ValueError(f"manifest lacks components {missing}")
     path = Path(root) / MANIFEST_NAME
@@ -164,10 +177,17 @@ def load_manifest(root: Path, verify_files: bool = True, *, trust_stamps: bool =
     if not isinstance(manifest, dict):
         raise ManifestError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
     version = manifest.get("schema_version")
+    if type(version) is int and version < SCHEMA_VERSION:
+        raise ManifestError(f"{root}: engines exported by an older sfedge (manifest schema_version {version}, this "
+                            f"sfedge reads {SCHEMA_VERSION}): re-export them with this sfedge: {reexport_command(root, manifest)}")
     if version != SCHEMA_VERSION:
         raise ManifestError(f"{path}: schema_version {version!r}, this sfedge reads {SCHEMA_VERSION}")
+    try:
+        graphs = family_of_manifest(manifest).graphs
+    except SfedgeError as e:
+        raise ManifestError(f"{path}: {e}") from None
     components = manifest.get("components")
-    missing = [c for c in COMPONENTS if not isinstance(components, dict) or not isinstance(components.get(c), dict)]
+    missing = [c for c in graphs if not isinstance(components, dict) or not isinstance(components.get(c), dict)]
     if missing:
         raise ManifestError(f"{path}: components missing: {', '.join(missing)}")
     files = manifest.get("files")
@@ -176,7 +196,7 @@ def load_manifest(root: Path, verify_files: bool = True, *, trust_stamps: bool =
     for rel in [*files, *(c.get("path", "") for c in components.values())]:
         if not _safe_relative(rel):
             raise ManifestError(f"{path}: unsafe path {rel!r} (must be relative, inside the engines directory)")
-    for name in COMPONENTS:
+    for name in graphs:
         rel = components[name].get("path", "")
         covered = rel in files or any(f.startswith(rel.rstrip("/") + "/") for f in files)
         if not covered:
@@ -187,6 +207,31 @@ def load_manifest(root: Path, verify_files: bool = True, *, trust_stamps: bool =
     if verify_files:
         _verify_files(root, files, hashlib.sha256(raw).hexdigest(), trust_stamps)
     return manifest
+
+
+def reexport_command(root: Path, manifest: dict) -> str:
+    """The `sfedge export` command line that rebuilds `root` from what its manifest records (the
+    checkpoint, precision, device, max frames, context, non-default SlowFast settings); MODEL where
+    it records no checkpoint."""
+    from dataclasses import asdict
+
+    from .spec import SlowFastSpec
+
+    def get(block, key):
+        return block.get(key) if isinstance(block, dict) else None
+
+    source, name = manifest.get("source"), get(manifest.get("source"), "name")
+    model = name if isinstance(name, str) and name.startswith("tiny") else get(source, "checkpoint") or name
+    parts = ["sfedge export", str(model) if model else "MODEL", str(root)]
+    flags = {"--precision": manifest.get("precision"), "--device": manifest.get("device"),
+             "--max-frames": get(manifest.get("model"), "max_frames"),
+             "--max-context": get(manifest.get("context"), "max_context")}
+    slowfast = get(manifest.get("pipeline"), "slowfast")
+    for key, default in asdict(SlowFastSpec()).items():
+        if get(slowfast, key) not in (None, default):
+            flags["--" + key.replace("_", "-")] = slowfast[key]
+    parts += [f"{flag} {value}" for flag, value in flags.items() if isinstance(value, (str, int)) and not isinstance(value, bool)]
+    return "`" + " ".join(parts + ["--force"]) + "`"
 
 
 # --- verification stamps ------------------------------------------------------------------------

@@ -86,24 +86,27 @@ def top2_gap(logits: np.ndarray) -> float:
 
 
 def reference_visual_tokens(reference, pipeline, video):
-    """(pixels [T,3,336,336], the reference's features [T,576,D] and visual tokens [N,D]) for a video."""
+    """(the resized frames uint8 [T,336,336,3] the vision engine takes, the reference's features
+    [T,576,D] and visual tokens [N,D]) for a video. The reference gets the host's normalised
+    pixels (`normalise` of the same resized frames = SPEC 2's `preprocess`)."""
     import torch
 
-    from .runtime.preprocess import preprocess
+    from .runtime.preprocess import normalise, resize_frames
     from .runtime.video import load_video
 
     clip = load_video(video, pipeline.spec.sampling.num_frames)
-    pixels = preprocess(clip.frames, pipeline.spec.preprocess)
-    features = reference.vision_features(torch.from_numpy(pixels)).float()
-    return pixels, features, reference.pool(features).float()
+    resized = resize_frames(clip.frames, pipeline.spec.preprocess)
+    features = reference.vision_features(torch.from_numpy(normalise(resized, pipeline.spec.preprocess))).float()
+    return resized, features, reference.pool(features).float()
 
 
-def stage_errors(pipeline, pixels, ref_features, ref_visual) -> dict:
-    """Vision and SlowFast engines each on the reference's own input: their relative errors."""
-    (features,) = pipeline.vision.infer({next(iter(pipeline.vision.inputs)): pixels}).values()
+def stage_errors(pipeline, frames, ref_features, ref_visual) -> dict:
+    """Vision and SlowFast engines each on the reference's own input (the vision engine on the
+    resized uint8 frames the reference's pixels were normalised from): their relative errors."""
+    (features,) = pipeline.vision.infer({next(iter(pipeline.vision.inputs)): frames}).values()
     name = next(iter(pipeline.slowfast.inputs))
     (visual,) = pipeline.slowfast.infer({name: ref_features.numpy().astype(pipeline.slowfast.inputs[name].dtype)}).values()
-    return {"num_frames": len(pixels), "num_visual_tokens": int(ref_visual.shape[0]),
+    return {"num_frames": len(frames), "num_visual_tokens": int(ref_visual.shape[0]),
             "vision_rel_err": rel_error(features, ref_features.numpy()),
             "slowfast_rel_err": rel_error(visual.reshape(ref_visual.shape), ref_visual.numpy())}
 
@@ -196,8 +199,8 @@ def compare(pipeline, reference, video, question: str, options=None, max_new_tok
             engines_root=None, device: str = "cpu") -> dict:
     """Per-stage errors and token parity on one (video, question); with `engines_root`, also
     teacher-forced decode parity (`decode_parity`) of the engines' decoder."""
-    pixels, ref_features, ref_visual = reference_visual_tokens(reference, pipeline, video)
-    report = {**stage_errors(pipeline, pixels, ref_features, ref_visual),
+    frames, ref_features, ref_visual = reference_visual_tokens(reference, pipeline, video)
+    report = {**stage_errors(pipeline, frames, ref_features, ref_visual),
               **token_parity(pipeline, reference, video, question, options, ref_visual, max_new_tokens)}
     if engines_root is not None and report["ref_tokens"]:
         embeds = reference.inputs_embeds(reference.prompt_ids(question, options), ref_visual)

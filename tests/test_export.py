@@ -42,7 +42,7 @@ def test_graph_io_names_and_shapes(fp32_export):
     out, m = fp32_export
     d = m["model"]["hidden_size"]
     (vin,), (vout,) = _io(out / "vision.onnx")
-    assert (vin["name"], vin["dtype"], vin["shape"]) == ("pixel_values", "float32", ["T", 3, 336, 336])
+    assert (vin["name"], vin["dtype"], vin["shape"]) == ("frames", "uint8", ["T", 336, 336, 3])  # schema 2
     assert (vout["name"], vout["dtype"], vout["shape"]) == ("features", "float32", ["T", 576, d])
     (sin,), (sout,) = _io(out / "slowfast.onnx")
     assert (sin["name"], sin["shape"]) == ("features", ["T", 576, d])
@@ -66,6 +66,8 @@ def test_graph_io_names_and_shapes(fp32_export):
         assert [{k: i[k] for k in ("name", "dtype", "shape")} for i in c["inputs"]] == got_in
         assert [{k: o[k] for k in ("name", "dtype", "shape")} for o in c["outputs"]] == got_out
     assert m["components"]["vision"]["inputs"][0]["dynamic"] == {"T": [1, 64]}
+    assert m["components"]["vision"]["inputs"][0]["layout"] == "NHWC" and m["schema_version"] == 2
+    assert m["components"]["vision"]["normalisation"]["in_graph"] is True
 
 
 def test_vision_graph_drops_last_layer_and_post_layernorm(fp32_export, tiny_dir):
@@ -188,6 +190,8 @@ def test_reduced_precision_exports_validate(tiny_dir, tmp_path, precision):
     m = export_model(tiny_dir, tmp_path / precision, precision=precision, max_frames=16, progress=False)
     c, v = m["components"], m["validation"]
     assert v["passed"]
+    # uint8 frames at frame counts other than the export dummy's 2, at every precision
+    assert c["vision"]["inputs"][0]["dtype"] == "uint8" and sorted(v["vision"]["cases"], key=int) == ["1", "7", "16"]
     if precision == "fp16":  # CPU: fp16 vision + slowfast, fp32 LLM (see sfedge/export/llm.py)
         assert c["vision"]["precision"] == "fp16" and c["vision"]["outputs"][0]["dtype"] == "float16"
         assert c["slowfast"]["inputs"][0]["dtype"] == "float16"

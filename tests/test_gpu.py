@@ -140,3 +140,21 @@ def test_fp32_matmul_without_tf32(tmp_path):
     got = OrtEngine(path, "cuda").infer({"a": a, "b": b})["y"]
     rel = np.max(np.abs(got - want)) / np.max(np.abs(want))
     assert rel < 1e-5, f"relative error {rel:.1e}: TF32 in use?"
+
+
+def test_cuda_uploads_uint8_frames_through_pinned_memory(tiny, cuda_pipeline):
+    """The vision engine takes uint8 frames (schema 2); on CUDA they go up through ONNX Runtime's
+    host-accessible (pinned) allocator where this onnxruntime-gpu offers one, and the features equal
+    the CPU provider's within fp32 (no TF32) rounding either way."""
+    from sfedge.runtime.pipeline import Pipeline
+    from sfedge.runtime.upload import pinned_memory_info
+    from sfedge.runtime.video import load_video
+
+    enc = cuda_pipeline.encoder
+    assert enc.upload == ("pinned" if pinned_memory_info() is not None else "pageable")
+    frames = load_video(tiny[1], 8).frames
+    gpu = np.asarray(enc.encode(frames))
+    cpu = np.asarray(Pipeline(tiny[0], provider="cpu").encoder.encode(frames))
+    assert np.max(np.abs(gpu - cpu)) <= 1e-4 * max(1.0, float(np.max(np.abs(cpu))))
+    if enc.upload == "pinned":
+        assert enc._pinned.device.device_name().lower() == "cuda" and enc._pinned.device.shape() == [8, 336, 336, 3]

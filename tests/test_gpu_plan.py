@@ -147,7 +147,8 @@ def test_plan_order_is_by_value():
     cfg = {"provider": "cuda", "depths": [4, 8], "precisions": ["fp16", "int4"], "full": True}
     names = [s.name for s in build_steps(cfg, Path("/w"))]
     pos = names.index
-    assert pos("cuda-tokens") < pos("bench-fp16-L4") < pos("bench-int4-L4") < pos("bench-fp16-L8")
+    assert pos("cuda-tokens") < pos("greedy-cost") < pos("bench-fp16-L4") < pos("bench-int4-L4")
+    assert pos("bench-int4-L4") < pos("bench-fp16-L8")
     assert pos("bench-fp16-L8") < pos("make-full") < pos("bench-fp16-full")
     steps = {s.name: s for s in build_steps(cfg, Path("/w"))}
     assert steps["bench-fp16-L4"].resources and not steps["export-fp16-L4"].resources  # exports need no CUDA ORT
@@ -196,6 +197,9 @@ def test_dry_run_on_cpu_with_the_toy_preset(tmp_path, engines_fp32, pipeline_fp3
     bad = {k: v for k, v in state["steps"].items() if v["status"] != DONE}
     assert not bad and "validate-tiny-cuda" not in state["steps"], (bad, (work / "results" / "plan.log").read_text()[-4000:])
     assert state["steps"]["cuda-tokens"]["result"]["match"] == {"cpu": True}
+    greedy = state["steps"]["greedy-cost"]["result"]  # the tiny carried engines, then the L1 fp16 engines
+    assert [r["vocab"] for r in greedy["runs"]] == [1024, 2048] and not greedy["captured_errors"]
+    assert all(r["tokens_checked"] == 33 and r["medians_ms"]["loop_greedy_ms"] > 0 for r in greedy["runs"])
     assert state["steps"]["gpu-tests"]["result"]["skipped"] == state["steps"]["gpu-tests"]["result"]["tests"] > 0
     bench = state["steps"]["bench-fp16-L1"]["result"]
     assert bench["reference"] is not None and bench["speedup"]["ttft"] > 0
@@ -230,7 +234,8 @@ def test_the_real_plan_by_its_estimates(tmp_path, monkeypatch):
     at = dict(launched)
     assert all(st[n] == DONE for n in ("cuda-tokens", "gpu-tests", "bench-fp16-L4", "bench-int4-L4", "bench-fp16-L8",
                                        "bench-int4-L8")), st
-    assert at["cuda-tokens"] < min(at[n] for n in at if n.startswith("bench"))
+    assert at["cuda-tokens"] < at["greedy-cost"] < min(at[n] for n in at if n.startswith("bench"))
+    assert st["greedy-cost"] == DONE
     assert at["export-fp16-L8"] < at["cuda-tokens"]  # the second depth's exports ran as fillers, early
     assert at["bench-int4-L8"] + 60 <= 660  # the docs' timeline: the last bench ends at 640 s
     assert st["make-full"] == LEFT_OUT and "estimate" in state["steps"]["make-full"]["reason"]

@@ -16,7 +16,8 @@ from sfedge.errors import ManifestError
 from sfedge.manifest import COMPONENTS, RACY_MARGIN_NS, load_manifest, stamp_path, write_manifest
 
 PATHS = {"vision": "vision.onnx", "slowfast": "slowfast.onnx", "llm": "llm/model.onnx",
-         "embeddings": "embeddings.npy", "tokenizer": "tokenizer", "greedy_step": "greedy_step.onnx"}
+         "embeddings": "embeddings.npy", "tokenizer": "tokenizer", "greedy_step": "greedy_step.onnx",
+         "splice": "splice.onnx"}
 
 
 @pytest.fixture
@@ -53,6 +54,8 @@ def test_a_complete_manifest_loads(engines):
     (lambda m: m["files"].update({"/etc/passwd": "0"}), "unsafe path"),
     (lambda m: m["components"].pop("greedy_step"), "components missing: greedy_step"),
     (lambda m: m.update(schema_version=99), "schema_version 99"),
+    (lambda m: m["components"].pop("splice"), "components missing: splice"),
+    (lambda m: m.update(family="videollama9"), "unknown model family 'videollama9'; this sfedge knows llava_next"),
 ])
 def test_unverifiable_manifests_are_refused(engines, change, message):
     _edit(engines, change)

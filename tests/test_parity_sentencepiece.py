@@ -56,7 +56,7 @@ def test_real_tokenizer_parity(model, clip, question, options, sp_models):
         pytest.skip("ChatML runs a subset (CHATML_CASES)")
     clips, get = sp_models
     pipeline, reference, visual = get(model)
-    assert pipeline.family == ("chatml" if model == "chatml" else "vicuna")
+    assert pipeline.prompt_family == ("chatml" if model == "chatml" else "vicuna")
     assert isinstance(getattr(reference.encode, "__self__", None), SlowSentencePiece)  # LLaVA's tokenizer
     if clip not in visual:
         visual[clip] = reference_visual_tokens(reference, pipeline, clips[clip])[2]

@@ -24,7 +24,8 @@ from sfedge.runtime.trt_engine import DeviceTensor, TrtEngine, native_plan
 
 VISION_IO = {
     "path": "vision.onnx", "precision": "fp32", "opset": 18,
-    "inputs": [{"name": "pixel_values", "dtype": "float32", "shape": ["T", 3, 336, 336], "dynamic": {"T": [1, 64]}}],
+    "inputs": [{"name": "frames", "dtype": "uint8", "shape": ["T", 336, 336, 3], "dynamic": {"T": [1, 64]},
+                "layout": "NHWC"}],
     "outputs": [{"name": "features", "dtype": "float32", "shape": ["T", 576, 64], "dynamic": {"T": [1, 64]}}],
 }
 SLOWFAST_IO = {
@@ -32,7 +33,15 @@ SLOWFAST_IO = {
     "inputs": [{"name": "features", "dtype": "float32", "shape": ["T", 576, 64], "dynamic": {"T": [1, 64]}}],
     "outputs": [{"name": "visual_tokens", "dtype": "float32", "shape": ["N", 64], "dynamic": {"N": [2896, 3904]}}],
 }
-NETWORK_INPUTS = {"vision.onnx": [("pixel_values", (-1, 3, 336, 336))], "slowfast.onnx": [("features", (-1, 576, 64))]}
+# what the fake ONNX parser finds: (name, shape, TensorRT DataType name)
+NETWORK_INPUTS = {"vision.onnx": [("frames", (-1, 336, 336, 3), "UINT8")], "slowfast.onnx": [("features", (-1, 576, 64), "FLOAT")]}
+ORT_TO_TRT = {"tensor(float)": "FLOAT", "tensor(float16)": "HALF", "tensor(uint8)": "UINT8", "tensor(int64)": "INT64"}
+TRT_TO_NP = {"FLOAT": np.float32, "HALF": np.float16, "INT64": np.int64, "UINT8": np.uint8}
+
+
+def _np(ort_type: str):
+    """An ONNX Runtime type string -> the numpy dtype a TensorRT plan of it would bind."""
+    return TRT_TO_NP[ORT_TO_TRT[ort_type]]
 
 
 # --- fake tensorrt (builder side) -------------------------------------------------------------
@@ -58,7 +67,7 @@ def fake_tensorrt(calls: list, *, version="10.3.0", parse_errors=None, fp16_flag
             return len(self.inputs)
 
         def get_input(self, i):
-            return types.SimpleNamespace(name=self.inputs[i][0], shape=self.inputs[i][1])
+            return types.SimpleNamespace(name=self.inputs[i][0], shape=self.inputs[i][1], dtype=self.inputs[i][2])
 
     class Config:
         def set_memory_pool_limit(self, pool, size):
@@ -123,21 +132,22 @@ def fake_tensorrt(calls: list, *, version="10.3.0", parse_errors=None, fp16_flag
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="MemoryPoolType.WORKSPACE")
     trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=5)
     trt.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
-    trt.nptype = lambda dt: {"FLOAT": np.float32, "HALF": np.float16, "INT64": np.int64}[dt]
+    trt.nptype = lambda dt: TRT_TO_NP[dt]
+    trt.DataType = types.SimpleNamespace(**{k: k for k in TRT_TO_NP}, INT32="INT32")
     return trt
 
 
 def make_engines_dir(root, vision=VISION_IO, slowfast=SLOWFAST_IO):
     """A minimal valid engines directory (fake ONNX bytes: the fake parser never reads them)."""
     root.mkdir(parents=True, exist_ok=True)
-    for name in ("vision.onnx", "slowfast.onnx", "greedy_step.onnx", "embeddings.npy", "llm/model.onnx",
+    for name in ("vision.onnx", "slowfast.onnx", "greedy_step.onnx", "splice.onnx", "embeddings.npy", "llm/model.onnx",
                  "tokenizer/tokenizer.json"):
         (root / name).parent.mkdir(exist_ok=True)
         (root / name).write_bytes(name.encode())
     manifest = {"precision": "fp32", "pipeline": {"sampling": {"num_frames": 50}}, "versions": {"tensorrt": None},
                 "components": {"vision": vision, "slowfast": slowfast, "llm": {"path": "llm/model.onnx"},
                                "embeddings": {"path": "embeddings.npy"}, "tokenizer": {"path": "tokenizer"},
-                               "greedy_step": {"path": "greedy_step.onnx"}}}
+                               "greedy_step": {"path": "greedy_step.onnx"}, "splice": {"path": "splice.onnx"}}}
     write_manifest(root, manifest)
     return root
 
@@ -156,9 +166,9 @@ def trt_calls(monkeypatch):
 
 def test_profile_shapes_from_manifest_ranges():
     shapes = profile_shapes(VISION_IO["inputs"], {"T": 50})
-    assert shapes == {"pixel_values": ((1, 3, 336, 336), (50, 3, 336, 336), (64, 3, 336, 336))}
-    assert profile_shapes(VISION_IO["inputs"])["pixel_values"][1] == (64, 3, 336, 336)  # opt defaults to max
-    assert profile_shapes(VISION_IO["inputs"], {"T": 500})["pixel_values"][1][0] == 64  # clamped
+    assert shapes == {"frames": ((1, 336, 336, 3), (50, 336, 336, 3), (64, 336, 336, 3))}
+    assert profile_shapes(VISION_IO["inputs"])["frames"][1] == (64, 336, 336, 3)  # opt defaults to max
+    assert profile_shapes(VISION_IO["inputs"], {"T": 500})["frames"][1][0] == 64  # clamped
     assert profile_shapes([{"name": "x", "shape": [2, 3]}]) == {}  # static inputs need no profile
     with pytest.raises(SfedgeError, match="axis 'T' has no range"):
         profile_shapes([{"name": "x", "shape": ["T", 3]}])
@@ -178,15 +188,15 @@ def test_build_makes_the_documented_calls(tmp_path, trt_calls):
     root = make_engines_dir(tmp_path / "e")
     build_plans(root, fp16=True, workspace_gb=1.5, progress=False)
     vision = trt_calls[trt_calls.index(("parse_from_file", str(root / "vision.onnx"))) - 2:]
-    vision = vision[:vision.index(("build_serialized_network", ["pixel_values"])) + 1]
+    vision = vision[:vision.index(("build_serialized_network", ["frames"])) + 1]
     assert vision == [
         ("Builder",), ("create_network", 0),  # fp32 graph: default (explicit batch) network
         ("parse_from_file", str(root / "vision.onnx")),
         ("set_memory_pool_limit", "MemoryPoolType.WORKSPACE", int(1.5 * 2**30)),
         ("set_flag", "BuilderFlag.FP16"),
-        ("set_shape", "pixel_values", (1, 3, 336, 336), (50, 3, 336, 336), (64, 3, 336, 336)),
+        ("set_shape", "frames", (1, 336, 336, 3), (50, 336, 336, 3), (64, 336, 336, 3)),  # uint8 NHWC frames
         vision[6],  # add_optimization_profile(the profile)
-        ("build_serialized_network", ["pixel_values"]),
+        ("build_serialized_network", ["frames"]),
     ]
     assert vision[6][0] == "add_optimization_profile"
     assert ("set_shape", "features", (1, 576, 64), (50, 576, 64), (64, 576, 64)) in trt_calls
@@ -196,7 +206,7 @@ def test_build_makes_the_documented_calls(tmp_path, trt_calls):
 def test_build_writes_plans_json_and_rehashes_the_manifest(tmp_path, trt_calls):
     root = make_engines_dir(tmp_path / "e")
     info = build_plans(root, opt_frames=8, progress=False)
-    assert (root / "trt/vision.plan").read_bytes() == b"PLAN:pixel_values"
+    assert (root / "trt/vision.plan").read_bytes() == b"PLAN:frames"
     assert (root / "trt/slowfast.plan").read_bytes() == b"PLAN:features"
     assert not list((root / "trt").glob("*.partial"))
     on_disk = json.loads((root / "trt/plans.json").read_text())
@@ -204,8 +214,9 @@ def test_build_writes_plans_json_and_rehashes_the_manifest(tmp_path, trt_calls):
     assert info["gpu"] == {"name": "Orin (fake)", "compute_capability": "8.7"}
     vision = info["plans"]["vision"]
     assert vision["fp16_flag"] is True and vision["strongly_typed"] is False
-    assert vision["profiles"] == [{"pixel_values": {"min": [1, 3, 336, 336], "opt": [8, 3, 336, 336],
-                                                    "max": [64, 3, 336, 336]}}]
+    assert vision["profiles"] == [{"frames": {"min": [1, 336, 336, 3], "opt": [8, 336, 336, 3],
+                                              "max": [64, 336, 336, 3]}}]
+    assert vision["input_dtypes"] == {"frames": "uint8"} and info["plans"]["slowfast"]["input_dtypes"] == {"features": "float32"}
     manifest = load_manifest(root)  # verification passes: every file, plans included, re-hashed
     assert manifest["tensorrt"]["plans"] == {"vision": "trt/vision.plan", "slowfast": "trt/slowfast.plan"}
     assert manifest["versions"]["tensorrt"] == "10.3.0"
@@ -224,6 +235,15 @@ def test_rebuilding_one_component_drops_the_other_plan(tmp_path, trt_calls):
     manifest = load_manifest(root)
     assert manifest["tensorrt"]["plans"] == {"vision": "trt/vision.plan"}
     assert not (root / "trt/slowfast.plan").exists()
+
+
+def test_build_refuses_a_graph_whose_input_type_is_not_the_manifests(tmp_path, trt_calls, monkeypatch):
+    """A float32-pixels vision graph (schema 1) under a manifest that says uint8 frames: refused."""
+    monkeypatch.setitem(NETWORK_INPUTS, "vision.onnx", [("frames", (-1, 336, 336, 3), "FLOAT")])
+    root = make_engines_dir(tmp_path / "e")
+    with pytest.raises(SfedgeError, match="reads input frames as FLOAT, the manifest says uint8.*re-export"):
+        build_plans(root, components=("vision",), progress=False)
+    assert not any(c[0] == "build_serialized_network" for c in trt_calls)
 
 
 def test_fp16_graph_is_strongly_typed_without_the_fp16_flag(tmp_path, trt_calls):
@@ -485,7 +505,7 @@ def test_trt_engine_errors(fake_gpu, monkeypatch):
     with pytest.raises(SfedgeError, match="expected inputs \\['x'\\]"):
         eng.infer({"z": np.zeros((1, 4))})
     with pytest.raises(SfedgeError, match="differ from the manifest"):
-        TrtEngine(plan, {"inputs": [{"name": "pixel_values"}], "outputs": [{"name": "y"}]})
+        TrtEngine(plan, {"inputs": [{"name": "frames"}], "outputs": [{"name": "y"}]})
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt([], version="10.9.0", engine=None))
     with pytest.raises(SfedgeError, match="TensorRT 10.9.0 cannot load .*rerun `sfedge build`"):
         TrtEngine(plan)
@@ -519,10 +539,14 @@ class OrtBackedEngine(FakeEngine):
         self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         self.io = [(i.name, "INPUT", i.shape) for i in self.session.get_inputs()] + \
                   [(o.name, "OUTPUT", o.shape) for o in self.session.get_outputs()]
+        self.types = {v.name: v.type for v in self.session.get_inputs() + self.session.get_outputs()}
         self.num_io_tensors = len(self.io)
 
     def get_tensor_name(self, i):
         return self.io[i][0]
+
+    def get_tensor_dtype(self, name):  # the graph's own types: uint8 frames into vision
+        return ORT_TO_TRT[self.types[name]]
 
     def get_tensor_mode(self, name):
         return dict((n, m) for n, m, _ in self.io)[name]
@@ -549,15 +573,15 @@ class OrtBackedContext(FakeContext):
             self._shapes = {}
         if self.shape not in self._shapes:
             (inp,) = self.engine.session.get_inputs()
-            outs = self.engine.session.run(None, {inp.name: np.zeros(self.shape, np.float32)})
+            outs = self.engine.session.run(None, {inp.name: np.zeros(self.shape, _np(inp.type))})
             self._shapes[self.shape] = [o.shape for o in outs]
         return self.shape if self.engine.get_tensor_mode(name) == "INPUT" else self._shapes[self.shape][0]
 
     def execute_async_v3(self, stream_handle):
         self.calls.append(("execute_async_v3", stream_handle))
         mem, (inp,) = self.engine.cudart.memory, self.engine.session.get_inputs()
-        n = int(np.prod(self.shape)) * 4
-        x = np.frombuffer(bytes(mem[self.addr[inp.name]][:n]), np.float32).reshape(self.shape)
+        n = int(np.prod(self.shape)) * np.dtype(_np(inp.type)).itemsize
+        x = np.frombuffer(bytes(mem[self.addr[inp.name]][:n]), _np(inp.type)).reshape(self.shape)
         (y,) = self.engine.session.run(None, {inp.name: x})
         out = self.engine.session.get_outputs()[0].name
         mem[self.addr[out]][:y.nbytes] = np.ascontiguousarray(y).tobytes()
@@ -575,7 +599,7 @@ def test_pipeline_uses_native_plans_for_vision_and_slowfast(engines_fp32, clip_p
     shutil.copytree(engines_fp32, root)
     calls: list = []
     cudart = fake_cudart(calls)
-    by_plan = {b"PLAN:pixel_values": root / "vision.onnx", b"PLAN:features": root / "slowfast.onnx"}
+    by_plan = {b"PLAN:frames": root / "vision.onnx", b"PLAN:features": root / "slowfast.onnx"}
     monkeypatch.setitem(sys.modules, "tensorrt",
                         fake_tensorrt(calls, engine=lambda data: OrtBackedEngine(calls, cudart, by_plan[data])))
     package = types.ModuleType("cuda.bindings")
@@ -597,6 +621,9 @@ def test_pipeline_uses_native_plans_for_vision_and_slowfast(engines_fp32, clip_p
     assert result.num_visual_tokens == expected.num_visual_tokens
     # vision's output fed SlowFast in place: its device buffer is SlowFast's input address
     assert ("set_tensor_address", "features", pipe.vision._buffers["features"][0]) in calls
+    # the plan binds the uint8 frames: T x 336 x 336 x 3 bytes go up, a quarter of float32 pixels
+    assert pipe.vision.inputs["frames"].dtype is np.uint8
+    assert ("cudaMemcpyAsync", "H2D", len(result.frame_indices) * 336 * 336 * 3) in calls
 
 
 # --- the plan-vs-ONNX check after `sfedge build` (real tiny graphs, fake TensorRT) ---------------
@@ -624,7 +651,10 @@ class OnnxBackedEngine:
         return "INPUT" if name in dict(self.ins) else "OUTPUT"
 
     def get_tensor_dtype(self, name):
-        return "FLOAT"
+        return "UINT8" if self.np_dtype(name) == np.uint8 else "FLOAT"  # a float32 plan of either graph
+
+    def np_dtype(self, name):
+        return _np(next(v.type for v in self.sess.get_inputs() + self.sess.get_outputs() if v.name == name))
 
     def get_tensor_shape(self, name):
         return tuple(d if isinstance(d, int) else -1 for d in dict(self.ins + self.outs)[name])
@@ -644,8 +674,8 @@ class OnnxBackedContext:
     def set_input_shape(self, name, shape):
         self.shapes[name] = tuple(shape)
         # output shapes from a run on zeros; vision's [T, 576, D] from one frame (64 would be slow)
-        frames = 1 if name == "pixel_values" else shape[0]
-        outs = self.engine.sess.run(None, {name: np.zeros((frames,) + tuple(shape[1:]), np.float32)})
+        frames = 1 if name == "frames" else shape[0]
+        outs = self.engine.sess.run(None, {name: np.zeros((frames,) + tuple(shape[1:]), self.engine.np_dtype(name))})
         self.out_shapes = {n: (o.shape[0] * shape[0] // frames,) + o.shape[1:] for (n, _), o in zip(self.engine.outs, outs)}
         return True
 
@@ -659,9 +689,10 @@ class OnnxBackedContext:
         mem, mode = self.engine.cudart.memory, self.engine.mode
         feeds = {}
         for n, _ in self.engine.ins:
-            count = int(np.prod(self.shapes[n]))
-            x = np.frombuffer(bytes(mem[self.addr[n]][:count * 4]), np.float32).reshape(self.shapes[n])
-            feeds[n] = x.astype(np.float16).astype(np.float32) if mode in ("fp16", "overflow") else x
+            count, dtype = int(np.prod(self.shapes[n])), self.engine.np_dtype(n)
+            x = np.frombuffer(bytes(mem[self.addr[n]][:count * np.dtype(dtype).itemsize]), dtype).reshape(self.shapes[n])
+            # an fp16 plan rounds float inputs (uint8 frames are exact in fp16)
+            feeds[n] = x.astype(np.float16).astype(np.float32) if mode in ("fp16", "overflow") and dtype != np.uint8 else x
         for (n, _), y in zip(self.engine.outs, self.engine.sess.run(None, feeds)):
             y = {"fp16": lambda a: a.astype(np.float16).astype(np.float32), "wrong": lambda a: a * np.float32(1.1),
                  "overflow": lambda a: np.where(np.arange(a.size).reshape(a.shape) == 0, np.inf, a).astype(np.float32)
@@ -685,7 +716,7 @@ def onnx_backed_trt(monkeypatch, engines_fp32, tmp_path):
     write_manifest(root, {k: v for k, v in manifest.items() if k not in ("files", "schema_version")})
     calls, state = [], {"mode": "exact"}
     cudart = fake_cudart(calls)
-    graphs = {"pixel_values": root / "vision.onnx", "features": root / "slowfast.onnx"}
+    graphs = {"frames": root / "vision.onnx", "features": root / "slowfast.onnx"}
 
     def engine(plan_bytes):
         return OnnxBackedEngine(graphs[plan_bytes.decode().split(":", 1)[1]], cudart, state["mode"])
@@ -693,8 +724,8 @@ def onnx_backed_trt(monkeypatch, engines_fp32, tmp_path):
     install_fakes(monkeypatch, fake_tensorrt(calls, engine=engine), cudart)
     monkeypatch.setattr("sfedge.export.tensorrt.gpu_info", lambda: None)
     # the fake parser hands out the tiny graphs' own input shapes
-    monkeypatch.setitem(NETWORK_INPUTS, "vision.onnx", [("pixel_values", (-1, 3, 336, 336))])
-    monkeypatch.setitem(NETWORK_INPUTS, "slowfast.onnx", [("features", (-1, 576, 64))])
+    monkeypatch.setitem(NETWORK_INPUTS, "vision.onnx", [("frames", (-1, 336, 336, 3), "UINT8")])
+    monkeypatch.setitem(NETWORK_INPUTS, "slowfast.onnx", [("features", (-1, 576, 64), "FLOAT")])
     return root, lambda mode: state.update(mode=mode)
 
 

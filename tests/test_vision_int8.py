@@ -7,7 +7,6 @@ import subprocess
 import sys
 from collections import Counter
 
-import numpy as np
 import pytest
 
 from sfedge.errors import SfedgeError
@@ -40,13 +39,13 @@ def test_vision_int8_is_quantized_and_recorded(engines_int8v, engines_fp32):
 
 
 def test_vision_int8_pipeline_answers(engines_int8v, pipeline_fp32, clip_path):
-    from sfedge.export.vision_int8 import MIN_COSINE, compare
+    from sfedge.export.vision_int8 import MIN_COSINE, compare, random_frames
     from sfedge.runtime.pipeline import Pipeline
 
     p = Pipeline(engines_int8v)
-    pixels = np.random.default_rng(1).standard_normal((3, 3, 336, 336)).astype(np.float32)
-    got = p.vision.infer({"pixel_values": pixels})["features"]
-    want = pipeline_fp32.vision.infer({"pixel_values": pixels})["features"]
+    feeds = random_frames(p.vision.session, 3, seed=1)
+    got = p.vision.infer(feeds)["features"]
+    want = pipeline_fp32.vision.infer(feeds)["features"]
     assert compare(want, got)["cosine"] >= MIN_COSINE  # frames other than the export's check
     gen = GenerationSpec(max_new_tokens=6, ignore_eos=True)
     a = p.ask(clip_path, "What is happening in the video?", gen=gen)

@@ -74,6 +74,11 @@ def format_summary(summary: dict) -> str:
             lines.append(f"  {k:22}{f(em):>12}{f(rm):>12}{f(sp, '.2f'):>9}{f(fl, '.0%'):>11}")
         lines.append(f"  tokens/s {f(e.get('tokens_per_s'))} / {f(r.get('tokens_per_s'))}; peak GPU MB "
                      f"{f(e.get('peak_gpu_mb'), '.0f')} / {f(r.get('peak_gpu_mb'), '.0f')}")
+    for g in summary.get("greedy_cost_ms") or []:  # scripts/gpu_plan_steps.py greedy_cost
+        lines.append(f"greedy step {g['engines'].rsplit('/', 1)[-1]} V {g['vocab']} D {g['hidden']} cuda graph "
+                     f"{g['cuda_graph']}: step {f(g['loop_step_ms'], '.4f')} = LLM {f(g['loop_llm_ms'], '.4f')} "
+                     f"+ greedy run {f(g['loop_greedy_ms'], '.4f')} + token read {f(g['loop_read_ms'], '.4f')} ms; LLM step "
+                     f"alone {f(g['llm_only_ms'], '.4f')} ms (medians)")
     fl = summary.get("floors_full_fp16_ms")
     if fl:
         lines.append(f"{fl['label']}: " + ", ".join(f"{k} {v:.1f}" for k, v in fl.items() if k != "label"))

@@ -192,14 +192,14 @@ def _llm_file_bytes(engines: Path, manifest: dict) -> int:
 
 
 def _prefill_tokens(engines: Path, manifest: dict, question: str, visual_tokens: int) -> int:
-    from ..prompts import build_prompt, detect_family, tokenize_prompt
+    from ..families import PromptContext, family_of_manifest
     from ..runtime.tokenizer import TextTokenizer
 
     tok = TextTokenizer(engines / manifest["components"]["tokenizer"]["path"])
-    m = manifest["model"]
-    prompt = build_prompt(question, None, manifest.get("prompt_family") or detect_family(tok.vocab()))
-    ids = tokenize_prompt(prompt, tok.encode, m.get("bos_token_id"), m["image_token_id"])
-    return len(ids) - 1 + visual_tokens
+    m, family = manifest["model"], family_of_manifest(manifest)
+    variant = manifest.get("prompt_family") or family.detect_variant(tok.vocab())
+    ids = family.prompt_ids(PromptContext(tok.encode, m.get("bos_token_id"), m["image_token_id"], variant), question)
+    return len(ids) - ids.count(m["image_token_id"]) + visual_tokens
 
 
 def _checkpoint_config(checkpoint: str | None) -> dict | None:

@@ -28,14 +28,20 @@ def add_arguments(p) -> None:
 
 def cached_engines(llm: str, precision: str, device: str) -> Path:
     """The tiny model's engines under the cache directory, exported once (export_model builds
-    beside the target and renames into place, so an interrupted export is never reused)."""
+    beside the target and renames into place, so an interrupted export is never reused); engines
+    an older sfedge cached (another manifest schema) are exported again."""
+    import json
+
     from ..cache import cache_dir
-    from ..manifest import MANIFEST_NAME
+    from ..manifest import MANIFEST_NAME, SCHEMA_VERSION
     from ..models.tiny import resolve_model
 
     target = cache_dir() / "engines" / f"tiny-{llm}-{precision}-{device}"
-    if (target / MANIFEST_NAME).is_file():
-        return target
+    try:
+        if json.loads((target / MANIFEST_NAME).read_text()).get("schema_version") == SCHEMA_VERSION:
+            return target
+    except (OSError, ValueError, AttributeError):  # none yet, or unreadable: export
+        pass
     from ..export import export_model
 
     export_model(resolve_model(f"tiny-{llm}"), target, precision=precision, device=device, force=True)
@@ -57,7 +63,6 @@ def cached_clip() -> Path:
 
 def run(args) -> int:
     from ..models.tiny import resolve_model
-    from ..reference.model import SlowFastLlava
     from ..runtime.engines import check_provider, device_of
     from ..runtime.pipeline import STAGES, Pipeline, parse_options
     from ..parity import check_engines
@@ -77,7 +82,7 @@ def run(args) -> int:
         sys.stdout.write("answer:  ")
     result = pipe.ask(clip, args.question, options, gen, on_token=None if args.json else StreamPrinter())
     say("" if args.json else "\n" + format_timings(result, STAGES))
-    reference = SlowFastLlava.from_pretrained(resolve_model(f"tiny-{args.llm}"), spec=pipe.spec)
+    reference = pipe.family.reference(resolve_model(f"tiny-{args.llm}"), spec=pipe.spec)
     report = check_engines(pipe, reference, engines, clip, args.question, options, min(gen.max_new_tokens, 32),
                            device=device_of(args.provider))
     ok = report["passed"]

@@ -52,14 +52,13 @@ def format_report(report: dict) -> str:
 
 def run(args) -> int:
     from ..manifest import load_manifest
-    from ..reference.model import SlowFastLlava
     from ..runtime.pipeline import Pipeline, parse_options
     from ..synthetic import make_clip
 
     existing_path(args.engines, "engines directory")
     load_manifest(args.engines, trust_stamps=False)  # an integrity check re-hashes every file
     pipe = Pipeline(args.engines, provider=args.provider)
-    reference = SlowFastLlava.from_pretrained(args.model, spec=pipe.spec, lazy_upcast=True)
+    reference = pipe.family.reference(args.model, spec=pipe.spec, lazy_upcast=True)  # the engines' family's
     utf8_text(args.question, "question")
     options = parse_options(utf8_text(args.options, "--options value")) if args.options is not None else None
     device = "cpu" if args.provider == "cpu" else "cuda"

@@ -2,15 +2,18 @@
 
 OUT holds:
 
-    vision.onnx (+ .data)     pixel_values [T,3,336,336] f32 -> features [T,576,D]
+    vision.onnx (+ .data)     frames [T,336,336,3] uint8 -> features [T,576,D] (normalised inside)
     slowfast.onnx (+ .data)   features [T,576,D] -> visual_tokens [S*k + T*G*G, D]
     llm/model.onnx (+ .data)  onnxruntime-genai decoder: inputs_embeds + KV cache -> logits
     llm/genai_config.json     the builder's config (+ its copy of the tokenizer)
     embeddings.npy            token-embedding table [V, D] in the decoder's input dtype
     greedy_step.onnx          ArgMax(logits) + Gather(table): greedy decoding stays on the device
+    splice.onnx               Gather(table, ids) + ScatterND(visual tokens): prompt embeddings on the device
     tokenizer/                the checkpoint's tokenizer files
     manifest.json             the contract (sfedge/manifest.py), incl. the validation report
 
+The model family (sfedge/families) is detected from the checkpoint's config `model_type` and
+recorded in the manifest ("family"); its declaration supplies the reference and the prompt variant.
 First the tokenizer guard (tokenizer_guard.py): the runtime's tokenizer.json against the
 checkpoint's own SentencePiece tokenizer on the prompt chunks; a difference fails the export in
 seconds. The decoder is built for `max_context` positions (sfedge/context.py).
@@ -63,6 +66,7 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32", de
     latter unless `allow_tokenizer_mismatch`, which records the differences in the manifest).
     `vision_int8`: after validation, the vision graph is replaced by its int8 dynamic quantization
     (CPU only; `vision_int8.py`), recorded in the manifest's components.vision.quantization."""
+    from ..families import family_for_checkpoint
     from ..models.tiny import resolve_model
     from .leftovers import remove_stale, scratch_prefix
     from .llm import text_context
@@ -78,6 +82,7 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32", de
 
         check_supported(precision, device)
     ckpt = resolve_model(model)
+    family = family_for_checkpoint(ckpt)  # an unknown model_type is refused before anything is written
     out = Path(out)
     if out.exists() and not force:
         raise SfedgeError(f"{out} exists (use --force to replace it)")
@@ -87,7 +92,7 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32", de
         print(f"removed {path} (left by export process {pid}, which is gone)", file=sys.stderr)
     partial = Path(tempfile.mkdtemp(prefix=scratch_prefix(f"{out.name}.partial"), dir=out.parent))
     try:
-        manifest = _build(str(model), ckpt, partial, precision, device, max_frames, slowfast, validate, progress,
+        manifest = _build(str(model), ckpt, family, partial, precision, device, max_frames, slowfast, validate, progress,
                           context, allow_tokenizer_mismatch, vision_int8)
         _default_permissions(partial)
         if out.exists():
@@ -99,7 +104,7 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32", de
     return manifest
 
 
-def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_frames: int,
+def _build(name: str, ckpt: Path, model_family, root: Path, precision: str, device: str, max_frames: int,
            slowfast: SlowFastSpec, validate: bool, progress: bool, context: dict,
            allow_tokenizer_mismatch: bool, vision_int8: bool = False) -> dict:
     import numpy as np
@@ -108,24 +113,22 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
     from .. import __version__
     from ..context import kv_cache_bytes
     from ..manifest import write_manifest
-    from ..prompts import detect_family
-    from ..reference.model import SlowFastLlava
     from ..runtime.tokenizer import TextTokenizer
     from . import llm as llm_mod
     from .leftovers import scratch_prefix
     from .manifest_build import component_entry, model_block, read_manifest, source_identity, versions
     from .slowfast import export_slowfast
-    from .step import export_step
+    from .step import export_splice, export_step
     from .tokenizer_guard import guard
     from .validate import compare, int4_settings, reference_cases
-    from .vision import export_vision
+    from .vision import export_vision, normalisation_record
 
     started = time.perf_counter()
     bar = _Stages((STAGES if validate else STAGES[:7]) + (("vision int8",) if vision_int8 else ()), progress)
     try:
         bar.step("tokenizer guard")  # first: a tokenizer that disagrees fails the export in seconds
         tokenizer_files = llm_mod.copy_tokenizer(ckpt, root / "tokenizer")
-        family = detect_family(TextTokenizer(root / "tokenizer").vocab())
+        family = model_family.detect_variant(TextTokenizer(root / "tokenizer").vocab())
         tokenizer_guard = guard(ckpt, root / "tokenizer", family, allow_tokenizer_mismatch)
         if validate:
             _check_chain_fits(root / "tokenizer", family, slowfast, min(SamplingSpec().num_frames, max_frames),
@@ -148,20 +151,21 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
         bar.step("reference")
         ref_device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
         pipeline = PipelineSpec(sampling=SamplingSpec(min(SamplingSpec().num_frames, max_frames)), slowfast=slowfast)
-        ref = SlowFastLlava.from_pretrained(ckpt, torch.float32, ref_device, pipeline, lazy_upcast=True)
+        ref = model_family.reference(ckpt, dtype=torch.float32, device=ref_device, spec=pipeline, lazy_upcast=True)
         vprec = vision_precision(precision, device)
         vdtype = torch.float16 if vprec == "fp16" else torch.float32
         bar.step("vision")
         vision_parts = (ref.model.model.vision_tower, ref.model.model.multi_modal_projector)
         for part in vision_parts:  # torch.onnx traces on the CPU; the LLM stays where it is
             part.cpu()
-        _, vspec = export_vision(ref.model, max_frames, root, vdtype)
+        _, vspec = export_vision(ref.model, max_frames, root, vdtype, pipeline.preprocess)
         for part in vision_parts:
             part.to(ref_device)
         del vision_parts, part  # no reference may outlive `ref` (freed before validation's sessions)
         bar.step("slowfast")
         hidden = ref.model.config.text_config.hidden_size
         _, sspec = export_slowfast(slowfast, hidden, max_frames, root, vdtype)
+        splice = export_splice(root, sspec.outputs[0].dtype, emb_dtype)
 
         bar.step("manifest")
         table_shape = np.load(root / "embeddings.npy", mmap_mode="r").shape
@@ -172,6 +176,7 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
             "device": device,
             "quantization": llm_mod.quantization(precision, device),
             "pipeline": pipeline.to_dict(),
+            "family": model_family.name,
             "slowfast_name": slowfast.name(),
             "prompt_family": ref.prompt_family,
             "model": model_block(ref, llm, table_shape, max_frames),
@@ -180,12 +185,13 @@ def _build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_f
                                                              llm["kv_cache"]["dtype"])),
             "tokenizer_guard": tokenizer_guard,
             "components": {
-                "vision": component_entry(root, vspec, vprec),
+                "vision": component_entry(root, vspec, vprec) | {"normalisation": normalisation_record(pipeline.preprocess)},
                 "slowfast": component_entry(root, sspec, vprec),
                 "llm": llm,
                 "embeddings": {"path": "embeddings.npy", "dtype": emb_dtype, "shape": list(table_shape)},
                 "tokenizer": {"path": "tokenizer", "files": sorted(tokenizer_files)},
                 "greedy_step": step,
+                "splice": splice,
             },
             "source": source_identity(name, ckpt),
             "versions": versions(),

@@ -18,7 +18,7 @@ import torch
 
 from .registry import ComponentSpec
 
-_DTYPES = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64", 6: "int32", 9: "bool"}
+_DTYPES = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64", 6: "int32", 9: "bool", 2: "uint8"}
 
 
 def export_onnx(module: torch.nn.Module, dummy: torch.Tensor, spec: ComponentSpec, out_dir: Path) -> Path:

@@ -52,6 +52,8 @@ def component_entry(root: Path, spec: ComponentSpec, precision: str) -> dict:
             raise ValidationError(f"{spec.path}: graph I/O {got} does not match the spec {expected}")
         for g, w in zip(got, want):
             g["dynamic"] = {k: list(v) for k, v in w.dynamic.items()}
+            if w.layout:
+                g["layout"] = w.layout
     return {"path": spec.path, "precision": precision, "opset": spec.opset, "inputs": inputs, "outputs": outputs}
 
 

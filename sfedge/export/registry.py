@@ -89,10 +89,11 @@ class IOSpec:
     dtype: str
     shape: tuple
     dynamic: dict = field(default_factory=dict)
+    layout: str | None = None  # what the axes mean where it matters to the caller ("NHWC")
 
     def to_dict(self) -> dict:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape),
-                "dynamic": {k: list(v) for k, v in self.dynamic.items()}}
+                "dynamic": {k: list(v) for k, v in self.dynamic.items()}} | ({"layout": self.layout} if self.layout else {})
 
 
 @dataclass(frozen=True)
@@ -111,12 +112,16 @@ class ComponentSpec:
                 for io in self.inputs + self.outputs}
 
 
-def vision_spec(hidden: int, max_frames: int, io_dtype: str = "float32", out_dtype: str = "float32") -> ComponentSpec:
-    """pixel_values [T,3,336,336] -> features [T,576,D]."""
+VISION_INPUT = "frames"
+VISION_LAYOUT = "NHWC"  # [T, height, width, RGB]: as the host's resize leaves the frames
+
+
+def vision_spec(hidden: int, max_frames: int, out_dtype: str = "float32") -> ComponentSpec:
+    """frames uint8 [T,336,336,3] (resized RGB, NHWC; normalised inside) -> features [T,576,D]."""
     t = {"T": (1, max_frames)}
     return ComponentSpec(
         "vision", "vision.onnx",
-        (IOSpec("pixel_values", io_dtype, ("T", 3, IMAGE_SIZE, IMAGE_SIZE), t),),
+        (IOSpec(VISION_INPUT, "uint8", ("T", IMAGE_SIZE, IMAGE_SIZE, 3), t, VISION_LAYOUT),),
         (IOSpec("features", out_dtype, ("T", TOKENS_PER_FRAME, hidden), t),),
     )
 

@@ -5,9 +5,12 @@ that will serve (a Jetson with JetPack 6 / TensorRT 10.x), not on the export hos
 `tensorrt` (and, to record the GPU's name, cuda-python): no torch.
 
 Per component: TensorRT's ONNX parser reads the graph with `parse_from_file` (so external data
-beside the .onnx is found), one optimization profile covers every dynamic input with
-min / opt / max from the manifest's ranges (T from 1 to max_frames, opt = the sampling's
-num_frames), and `build_serialized_network` writes `trt/<component>.plan`. `trt/plans.json`
+beside the .onnx is found), each network input's type is checked against the manifest's dtype (the
+vision graph's `frames` are uint8 [T,336,336,3] NHWC, manifest schema 2: TensorRT takes a UINT8
+network input whose only consumer is a Cast, which is how the graph starts), one optimization
+profile covers every dynamic input with min / opt / max from the manifest's ranges (T from 1 to
+max_frames, opt = the sampling's num_frames), and `build_serialized_network` writes
+`trt/<component>.plan`. `trt/plans.json`
 records the TensorRT version, the GPU (name, compute capability), the flags, the profiles and
 each plan's sha256; manifest.json gains a `"tensorrt"` block and is re-hashed, so `load_manifest`
 still verifies every file.
@@ -23,7 +26,8 @@ on ONNX Runtime's CUDA execution provider.
 Each plan is checked before it is kept (`check_plan`): the plan and its ONNX graph (ONNX Runtime,
 CPU) run on the same random inputs at 1, 7, 50 frames and max_frames; past the component's CUDA
 fp16 bound (TF32 or fp16 arithmetic either way) the build fails with exit code 1 and no plan is
-written.
+written. Random inputs follow each input's dtype: uint8 frames take every byte value, float inputs
+are standard normal.
 
 Written to TensorRT 10 / 11's documented Python API and never run against the real library on the
 development host (no TensorRT, no GPU there): tests/test_tensorrt.py checks the calls it makes
@@ -193,7 +197,7 @@ def check_plan(plan_path: Path, onnx_path: Path, name: str, comp: dict, record: 
             feeds = {}
             for entry in comp["inputs"]:
                 shape = [t if d == "T" else d for d in entry["shape"]]
-                feeds[entry["name"]] = rng.standard_normal(shape).astype(np.dtype(entry["dtype"]))
+                feeds[entry["name"]] = random_input(rng, shape, entry["dtype"])
             expected = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
             got = engine.infer(feeds)
             rel = max(errors(np.asarray(got[k]), v)["rel"] for k, v in expected.items())
@@ -212,6 +216,38 @@ def check_plan(plan_path: Path, onnx_path: Path, name: str, comp: dict, record: 
     return result
 
 
+def random_input(rng, shape, dtype: str):
+    """Random values for an input of manifest dtype `dtype`: uint8 frames over every byte value
+    (what a camera gives), float inputs standard normal."""
+    import numpy as np
+
+    if dtype == "uint8":
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+    return rng.standard_normal(shape).astype(np.dtype(dtype))
+
+
+# manifest dtype -> TensorRT DataType member
+TRT_DTYPES = {"uint8": "UINT8", "float32": "FLOAT", "float16": "HALF", "int64": "INT64", "int32": "INT32"}
+
+
+def check_input_types(trt, network, comp: dict, onnx_name: str) -> dict[str, str]:
+    """Every network input the manifest lists has the manifest's dtype (a graph exported by another
+    sfedge, e.g. float32 pixels where schema 2 says uint8 frames, is refused). Returns {name: dtype}."""
+    want = {e["name"]: e["dtype"] for e in comp.get("inputs", [])}
+    found = {}
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        dtype = want.get(tensor.name)
+        if dtype is None:
+            continue
+        expected = getattr(trt.DataType, TRT_DTYPES.get(dtype, ""), None)
+        if expected is None or tensor.dtype != expected:
+            raise SfedgeError(f"{onnx_name}: TensorRT reads input {tensor.name} as {tensor.dtype}, the manifest says "
+                              f"{dtype}: a graph from another sfedge? re-export with this sfedge (`sfedge export`)")
+        found[tensor.name] = dtype
+    return found
+
+
 def _build_one(trt, logger, onnx_path: Path, comp: dict, *, fp16: bool, workspace_bytes: int,
                opt: dict[str, int]) -> tuple[bytes, dict]:
     """One ONNX graph -> (serialized plan, what plans.json records about the build)."""
@@ -225,6 +261,7 @@ def _build_one(trt, logger, onnx_path: Path, comp: dict, *, fp16: bool, workspac
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(" ".join(str(parser.get_error(i)).split()) for i in range(parser.num_errors))
         raise SfedgeError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {errors or 'no error reported'}")
+    input_dtypes = check_input_types(trt, network, comp, onnx_path.name)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     fp16_flag = fp16 and not strongly_typed
@@ -248,4 +285,5 @@ def _build_one(trt, logger, onnx_path: Path, comp: dict, *, fp16: bool, workspac
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise SfedgeError(f"TensorRT failed to build {onnx_path.name} (see the TensorRT log above)")
-    return bytes(plan), {"fp16_flag": fp16_flag, "strongly_typed": strongly_typed, "profiles": [profiles]}
+    return bytes(plan), {"fp16_flag": fp16_flag, "strongly_typed": strongly_typed, "profiles": [profiles],
+                         "input_dtypes": input_dtypes}

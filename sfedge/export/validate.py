@@ -5,7 +5,7 @@ to the reference's range, so near-zero entries do not blow it up) and `cosine` (
 outputs). Bounds and their justification: `registry.rel_tol` / `registry.min_cosine` (per device). Inputs are
 random, at frame counts other than the export dummies' (vision 2, slowfast 3): 1, 7 and 50,
 capped at max_frames. The chain runs a synthetic clip through vision.onnx -> slowfast.onnx ->
-embeddings splice -> llm prefill and compares first-step logits with
+splice.onnx (bit for bit the host concatenation) -> llm prefill and compares first-step logits with
 `SlowFastLlava.first_step_logits`. Vision is compared with a float64 evaluation of the
 reference (see `fp64_vision_reference`); slowfast, llm and chain with PyTorch fp32.
 
@@ -128,7 +128,7 @@ def reference_cases(ref, max_frames: int, question: str = CHAIN_QUESTION, seed: 
     dequantized weights (half b), so the int4 tolerance bounds arithmetic alone."""
     from .int4 import check_weights, int4_weights
 
-    from ..runtime.preprocess import preprocess
+    from ..runtime.preprocess import normalise, resize_frames
     from ..runtime.video import load_video
     from ..synthetic import has_encoder, make_clip, make_image_dir
 
@@ -137,8 +137,9 @@ def reference_cases(ref, max_frames: int, question: str = CHAIN_QUESTION, seed: 
     hidden = ref.model.config.text_config.hidden_size
     vision, slowfast = [], []
     for t in frame_counts(max_frames):
-        x = torch.randn(t, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen)
-        vision.append({"name": str(t), "input": x.numpy(), "expected": exact(x),
+        frames = torch.randint(0, 256, (t, IMAGE_SIZE, IMAGE_SIZE, 3), generator=gen, dtype=torch.uint8).numpy()
+        x = torch.from_numpy(normalise(frames, ref.spec.preprocess))  # SPEC 2 on the host: what the graph must equal
+        vision.append({"name": str(t), "input": frames, "expected": exact(x),
                        "torch_fp32": ref.vision_features(x, VISION_CHUNK).float().cpu().numpy()})
         f = torch.randn(t, TOKENS_PER_FRAME, hidden, generator=gen)
         slowfast.append({"name": str(t), "input": f.numpy(), "expected": ref.pool(f.to(ref.dtype)).float().cpu().numpy()})
@@ -151,11 +152,11 @@ def reference_cases(ref, max_frames: int, question: str = CHAIN_QUESTION, seed: 
         src = (make_clip(Path(tmp) / "clip.mp4", num_frames=60, seed=seed) if has_encoder("libx264")
                or has_encoder("mpeg4") else make_image_dir(Path(tmp) / "frames", 60, seed=seed))
         clip = load_video(src, num_frames)
-    pixels = preprocess(clip.frames, ref.spec.preprocess)
+    frames = resize_frames(clip.frames, ref.spec.preprocess)
     ids = ref.prompt_ids(question)
-    visual = ref.pool(ref.vision_features(torch.from_numpy(pixels), VISION_CHUNK))
+    visual = ref.pool(ref.vision_features(torch.from_numpy(normalise(frames, ref.spec.preprocess)), VISION_CHUNK))
     with int4_weights(ref, int4["block_size"]) if int4 else contextlib.nullcontext():
-        chain = {"pixels": pixels, "ids": ids, "image_pos": ids.index(ref.image_token_id),
+        chain = {"frames": frames, "ids": ids, "image_pos": ids.index(ref.image_token_id),
                  "expected": ref.first_step_logits(ref.inputs_embeds(ids, visual)).cpu().numpy()}
         cases = {"vision": vision, "slowfast": slowfast, "llm": llm_case(ref, seed), "chain": chain}
     if int4:
@@ -178,13 +179,14 @@ def llm_case(ref, seed: int = 0) -> dict:
 
 
 def check_vision(path: Path, cases: list[dict], precision: str, device: str = "cpu") -> dict:
-    """vision.onnx vs the float64 reference (the full tower, so this also checks the truncation);
-    the error vs PyTorch's fp32 `vision_features` is reported beside it as rel_vs_torch_fp32."""
+    """vision.onnx on uint8 frames vs the float64 reference on the host-normalised pixels (the full
+    tower, so this also checks the truncation and the in-graph normalisation); the error vs PyTorch's
+    fp32 `vision_features` is reported beside it as rel_vs_torch_fp32."""
     sess = session(path, device)
-    dtype = _input_dtype(sess, "pixel_values")
+    (name,) = [i.name for i in sess.get_inputs()]
     report = {}
     for case in cases:
-        got = sess.run(None, {"pixel_values": case["input"].astype(dtype)})[0]
+        got = sess.run(None, {name: case["input"]})[0]
         report[case["name"]] = dict(errors(got, case["expected"]), rel_vs_torch_fp32=errors(got, case["torch_fp32"])["rel"])
     return _summary("vision", report, precision, device)
 
@@ -230,20 +232,38 @@ def check_llm(sess, root: Path, llm: dict, case: dict, precision: str, device: s
 
 
 def check_chain(sess, root: Path, manifest: dict, case: dict, device: str = "cpu") -> dict:
-    """First-step logits on the synthetic clip: vision.onnx -> slowfast.onnx -> embeddings splice ->
+    """First-step logits on the synthetic clip: vision.onnx -> slowfast.onnx -> splice.onnx ->
     decoder prefill (session `sess`) vs `SlowFastLlava.first_step_logits`."""
     comps = manifest["components"]
-    features = session(root / comps["vision"]["path"], device).run(None, {"pixel_values": case["pixels"]})[0]
+    vision = session(root / comps["vision"]["path"], device)
+    features = vision.run(None, {vision.get_inputs()[0].name: case["frames"]})[0]
     visual = session(root / comps["slowfast"]["path"], device).run(None, {"features": features})[0]
     table = np.load(root / comps["embeddings"]["path"])
-    ids, pos = case["ids"], case["image_pos"]
-    embeds = np.concatenate([table[ids[:pos]], visual.astype(table.dtype), table[ids[pos + 1:]]])[None]
+    embeds = splice_embeds(root / comps["splice"]["path"], case["ids"], case["image_pos"], table, visual, device)
     got, expected = llm_step(sess, comps["llm"], embeds)[0][0, -1], case["expected"]
     result = _summary("chain", {"first_step_logits": errors(got, expected)}, manifest["precision"], device)
-    result.update(num_frames=len(case["pixels"]), num_visual_tokens=int(visual.shape[0]),
+    result.update(num_frames=len(case["frames"]), num_visual_tokens=int(visual.shape[0]),
                   top1_onnx=int(got.argmax()), top1_reference=int(expected.argmax()),
                   top1_agree=bool(got.argmax() == expected.argmax()))
     return result
+
+
+def splice_embeds(path: Path, ids: list[int], pos: int, table: np.ndarray, visual: np.ndarray,
+                  device: str = "cpu") -> np.ndarray:
+    """The prompt embeddings [1, L, D] from the exported splice graph (as the runtime makes them),
+    checked to equal the host concatenation bit for bit; ValueError (the chain's failure) otherwise."""
+    from ..families import VisualBlock
+    from ..runtime.splice import SplicePlan, segments_from_marked
+
+    plan = SplicePlan.build(segments_from_marked(ids, ids[pos], [VisualBlock(b"", len(visual))]))
+    _, rows, positions = plan.tail(0)
+    got = session(path, device).run(None, {"ids": plan.ids, "table": table, "visual": visual, "rows": rows,
+                                           "positions": positions})[0]
+    want = np.concatenate([table[ids[:pos]], visual.astype(table.dtype), table[ids[pos + 1:]]])[None]
+    if not np.array_equal(got, want):
+        raise _GraphFailed(f"splice.onnx differs from the concatenation of the table rows and the visual "
+                           f"tokens (max |diff| {float(np.max(np.abs(got.astype(np.float64) - want))):.3g})")
+    return got
 
 
 def compare(root: Path, manifest: dict, cases: dict, device: str = "cpu", on_step=None) -> dict:

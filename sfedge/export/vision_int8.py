@@ -5,8 +5,8 @@ Every MatMul with a constant weight (CLIP's q/k/v/o and MLP projections, the LLa
 gets int8 weights, per output channel, and int8 activations quantized per tensor at run time
 (DynamicQuantizeLinear -> MatMulInteger, fused by ORT into DynamicQuantizeMatMul); the
 activation x activation MatMuls of attention, the patch Conv, LayerNorm and softmax stay fp32.
-Inputs and outputs keep their dtypes (float32 pixels in, float32 features out), so nothing else in
-the engines directory or the runtime changes.
+Inputs and outputs keep their dtypes and layout (frames in, float32 features out), so nothing else
+in the engines directory or the runtime changes.
 
 Order in the export: validation (vision, slowfast, LLM, chain) runs on the fp32 graph as always;
 then the graph is quantized and the int8 graph's features are compared with the fp32 graph's on
@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SfedgeError, ValidationError
-from ..spec import IMAGE_SIZE
 
 VISION = "vision.onnx"
 # the int8 graph's features vs the fp32 graph's (cosine of mean-centred features): measured
@@ -49,13 +48,27 @@ def check_supported(precision: str, device: str) -> None:
         raise SfedgeError("--vision-int8 quantizes the fp32 vision graph; use it with --precision fp32 or int4, not fp16")
 
 
-def _features(path: Path, pixels: np.ndarray) -> np.ndarray:
+def _session(path: Path):
     import onnxruntime as ort
 
     from ..runtime.engines import session_options
 
-    sess = ort.InferenceSession(str(path), sess_options=session_options("cpu"), providers=["CPUExecutionProvider"])
-    return sess.run(None, {"pixel_values": pixels})[0].astype(np.float32)
+    return ort.InferenceSession(str(path), sess_options=session_options("cpu"), providers=["CPUExecutionProvider"])
+
+
+def random_frames(sess, frames: int, seed: int) -> dict:
+    """The vision graph's input for `frames` random frames: uint8 frames (any value 0-255) or
+    float pixels (N(0, 1), about the normalised range), in the graph's own layout."""
+    inp = sess.get_inputs()[0]
+    shape = [frames if isinstance(d, str) or d is None else d for d in inp.shape]
+    rng = np.random.default_rng(seed)
+    if "uint8" in inp.type:
+        return {inp.name: rng.integers(0, 256, shape, dtype=np.uint8)}
+    return {inp.name: rng.standard_normal(shape).astype(np.float32)}
+
+
+def _features(path: Path, feeds: dict) -> np.ndarray:
+    return _session(path).run(None, feeds)[0].astype(np.float32)
 
 
 def compare(expected: np.ndarray, got: np.ndarray) -> dict:
@@ -72,8 +85,8 @@ def quantize_vision(root: Path, frames: int = 2, seed: int = 0) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     src = root / VISION
-    pixels = np.random.default_rng(seed).standard_normal((frames, 3, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
-    expected = _features(src, pixels)
+    feeds = random_frames(_session(src), frames, seed)
+    expected = _features(src, feeds)
     with tempfile.TemporaryDirectory(prefix=".vision-int8-", dir=root) as tmp:
         dst = Path(tmp) / VISION
         logging.disable(logging.WARNING)  # its root-logger advice to run its pre-processing script
@@ -83,8 +96,8 @@ def quantize_vision(root: Path, frames: int = 2, seed: int = 0) -> dict:
                              use_external_data_format=True, extra_options={"MatMulConstBOnly": True})
         finally:
             logging.disable(logging.NOTSET)
-        got = _features(dst, pixels)
-        effect = compare(expected, got) | {"frames": frames, "input": f"N(0, 1) pixels, seed {seed}",
+        got = _features(dst, feeds)
+        effect = compare(expected, got) | {"frames": frames, "input": f"random frames, seed {seed}",
                                            "against": "the exported fp32 vision graph", "min_cosine": MIN_COSINE}
         if not np.isfinite(effect["max_abs"]) or effect["cosine"] < MIN_COSINE:
             raise ValidationError(f"int8 vision: features cosine {effect['cosine']:.4f} vs the fp32 graph "

@@ -1,7 +1,8 @@
 """The answer stage: the features of a window of frames + a question -> streamed answer tokens.
 
-SlowFast pooling (SPEC 4) over the window's features, the SPEC 5 prompt with the visual tokens
-spliced in at `<image>`, then the LLM (generate.py). Before prefilling, the prefix cache
+Pooling over the window's features (SlowFast-LLaVA: SPEC 4), the family's prompt with its visual
+blocks spliced in on the LLM's device (splice.py: any number of blocks, the pooled tokens never
+come back to the host), then the LLM (generate.py). Before prefilling, the prefix cache
 (prefix_cache.py) finds how much of the prompt is already in the KV cache: a second question about
 the same frames prefills only the tokens after the visual ones, and needs neither their features nor
 their pooling. The overflow policy lives here, once for every entry point: a prompt longer than the
@@ -18,11 +19,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import SfedgeError
-from ..prompts import build_prompt, parse_choice, tokenize_prompt
-from ..spec import GenerationSpec, SlowFastSpec
+from ..families import Family, PromptContext, VisualBlock
+from ..prompts import parse_choice
+from ..spec import GenerationSpec, PipelineSpec
 from .engines import Engine
 from .generate import Decoder, generate
 from .prefix_cache import PrefixCache
+from .splice import SplicePlan, Splicer, num_rows, segments_from_marked
 from .tokenizer import TextTokenizer
 
 STOP_REASONS = ("eos", "max_new_tokens", "length", "stop", "cancelled")
@@ -58,41 +61,47 @@ class Answer:
 
 
 class Answerer:
-    """The SlowFast engine, the LLM decoder, the tokenizer and the prefix cache, opened once."""
+    """The pooling engine, the LLM decoder, the splice graph, the tokenizer and the prefix cache,
+    opened once, driven by the family's declaration (`family.prompt_ids`, `family.layout`)."""
 
-    def __init__(self, slowfast: Engine, decoder: Decoder, tokenizer: TextTokenizer, *, family: str,
-                 spec: SlowFastSpec, bos: int | None, image_token_id: int, eos: Collection[int],
-                 prefill_chunk: int | None = None, prefix_cache_bytes: int = 0, prefix_reuse: bool = True):
-        self.slowfast, self.decoder, self.tokenizer = slowfast, decoder, tokenizer
-        self.family, self.spec, self.bos, self.image_token_id = family, spec, bos, image_token_id
+    def __init__(self, slowfast: Engine, decoder: Decoder, tokenizer: TextTokenizer, splicer: Splicer, *,
+                 family: Family, variant: str, spec: PipelineSpec, bos: int | None, image_token_id: int,
+                 eos: Collection[int], prefill_chunk: int | None = None, prefix_cache_bytes: int = 0,
+                 prefix_reuse: bool = True):
+        """`variant`: the family's prompt variant from the manifest (llava_next: "vicuna" / "chatml")."""
+        self.slowfast, self.decoder, self.tokenizer, self.splicer = slowfast, decoder, tokenizer, splicer
+        self.family, self.spec, self.image_token_id = family, spec, image_token_id
+        self.prompt_context = PromptContext(tokenizer.encode, bos, image_token_id, variant)
         self.eos, self.prefill_chunk = frozenset(eos), prefill_chunk
         self.prefix = PrefixCache(decoder, prefix_cache_bytes, enabled=prefix_reuse)
         self._input = next(iter(slowfast.inputs))
 
-    def prompt_ids(self, question: str, options: Sequence[str] | None = None) -> list[int]:
-        """SPEC 5 prompt ids with one image token where the visual tokens go."""
+    def prompt_ids(self, question: str, options: Sequence[str] | None = None,
+                   blocks: Sequence[VisualBlock] | None = None) -> list[int]:
+        """The family's prompt ids, one image token where each visual block goes (`blocks` None: only
+        checking the question)."""
         try:
-            prompt = build_prompt(question, options, self.family)
+            return self.family.prompt_ids(self.prompt_context, question, options, blocks)
         except ValueError as e:
             raise SfedgeError(str(e)) from None
-        return tokenize_prompt(prompt, self.tokenizer.encode, self.bos, self.image_token_id)
 
-    def pool(self, features) -> np.ndarray:
-        """Features [T, 576, D] -> visual tokens [2880 + 16 T, D] (SPEC 4, the exported graph)."""
-        (visual,) = self.slowfast.infer({self._input: features}).values()
-        return visual.reshape(-1, visual.shape[-1])
+    def plan(self, visual: Visual, question: str, options: Sequence[str] | None = None) -> SplicePlan:
+        """The prompt's layout: the family's prompt ids split at its visual blocks (see splice.py)."""
+        blocks = self.family.layout(self.spec, visual)
+        return SplicePlan.build(segments_from_marked(self.prompt_ids(question, options, blocks), self.image_token_id,
+                                                     blocks))
 
-    def splice(self, ids: Sequence[int], visual: np.ndarray) -> np.ndarray:
-        """Token embeddings [1, L, D] with the image token replaced by the visual tokens."""
-        pos = self._image_position(ids)
-        table = self.decoder.table
-        return np.concatenate([table[list(ids[:pos])], visual.astype(table.dtype), table[list(ids[pos + 1:])]])[None]
+    def pool(self, features, *, on_device: bool = False):
+        """Features [T, 576, D] -> visual tokens [N, D] (the exported pooling graph); an OrtValue (or
+        DeviceTensor) left on the engine's device when `on_device`."""
+        (visual,) = self.slowfast.infer({self._input: features}, on_device=on_device).values()
+        return visual
 
-    def _image_position(self, ids: Sequence[int]) -> int:
-        ids = list(ids)
-        if ids.count(self.image_token_id) != 1:
-            raise SfedgeError(f"the prompt must hold exactly one image token, found {ids.count(self.image_token_id)}")
-        return ids.index(self.image_token_id)
+    def splice(self, ids: Sequence[int], visual) -> np.ndarray:
+        """Token embeddings [1, L, D] (a host copy) of prompt ids holding one image token, with the
+        visual tokens [N, D] in its place: the splice graph, for checks and tests."""
+        plan = SplicePlan.build(segments_from_marked(ids, self.image_token_id, [VisualBlock(b"", num_rows(visual))]))
+        return self.splicer.embeds(plan, visual).numpy()
 
     def stream(self, visual: Visual, question: str, options: Sequence[str] | None = None,
                gen: GenerationSpec = GenerationSpec(), *, stop: Sequence[str] = (), record_logits: bool = False,
@@ -104,28 +113,26 @@ class Answerer:
         asked after every token (also one that completes no text yet); True ends the answer there
         (stop_reason "cancelled"): a server whose client went away stops within one token."""
         t0 = time.perf_counter() if t0 is None else t0
-        ids = self.prompt_ids(question, options)
-        pos = self._image_position(ids)
-        n_visual = self.spec.num_tokens(visual.num_frames)
-        items = [*ids[:pos], *((visual.key, i) for i in range(n_visual)), *ids[pos + 1:]]
+        plan = self.plan(visual, question, options)
+        items, n_visual = plan.items, plan.num_visual
         dec = self.decoder
         if len(items) > dec.max_length:
             raise SfedgeError(f"the prompt needs {len(items)} positions ({n_visual} visual tokens for "
-                              f"{visual.num_frames} frames + {len(ids) - 1} text tokens) but the engines' context "
+                              f"{visual.num_frames} frames + {plan.num_text} text tokens) but the engines' context "
                               f"holds {dec.max_length}: use fewer frames or export with a larger context")
         timings = {"slowfast": 0.0}
-        start = self.prefix.prepare(items, keep=pos + n_visual)
-        if start < pos + n_visual:  # some visual tokens must be prefilled: pool the features
+        start = self.prefix.prepare(items, keep=plan.visual_end)
+        if start < plan.visual_end:  # some visual tokens must be prefilled: pool the features, on the device
             features = visual.features()  # lazy: preprocessing and vision run here, timed by the encoder
             t = time.perf_counter()
-            pooled = self.pool(features)
+            pooled = self.pool(features, on_device=True)
             timings["slowfast"] = (time.perf_counter() - t) * 1e3
-            if pooled.shape[0] != n_visual:
-                raise SfedgeError(f"the slowfast engine made {pooled.shape[0]} visual tokens for {visual.num_frames} "
+            if num_rows(pooled) != n_visual:
+                raise SfedgeError(f"the slowfast engine made {num_rows(pooled)} visual tokens for {visual.num_frames} "
                                   f"frames, its manifest's settings say {n_visual}: engines and manifest disagree")
-            embeds = self.splice(ids, pooled)[:, start:]
+            embeds = self.splicer.embeds(plan, pooled, start)
         else:  # only text after the visual tokens is new
-            embeds = dec.table[ids[pos + 1 + start - (pos + n_visual):]][None]
+            embeds = dec.table[plan.ids[start:]][None]
 
         logits: list[np.ndarray] = []
         tokens: list[int] = []

@@ -45,7 +45,7 @@ import onnxruntime as ort
 
 from ..errors import SfedgeError
 from ..spec import GenerationSpec
-from .engines import OrtEngine, session_options, session_providers
+from .engines import _ORT_DTYPES, OrtEngine, session_options, session_providers
 
 
 class Decoder:
@@ -175,8 +175,9 @@ class Decoder:
         return self.logits.numpy()[0, -1].astype(np.float32)
 
 
-def _run(dec: Decoder, embeds, seq: int, logits_out: ort.OrtValue | None) -> None:
-    """One LLM run over `seq` new positions. `embeds`: an OrtValue [1, seq, D] on the device.
+def _run(dec: Decoder, embeds: ort.OrtValue, seq: int, logits_out: ort.OrtValue | None, at: int = 0) -> None:
+    """One LLM run over `seq` new positions: rows at..at+seq of `embeds`, an OrtValue [1, S, D] on the
+    device (bound in place by pointer: a window, no copy).
     Shared layout: the 2 x layers KV bindings never change, so they are made once and each run
     rebinds only what moves (binding a name again replaces its binding); concat layout: everything
     is rebound (the presents are new tensors every run)."""
@@ -190,7 +191,9 @@ def _run(dec: Decoder, embeds, seq: int, logits_out: ort.OrtValue | None) -> Non
                 b.bind_ortvalue_output(dec.present_of[name], dec.kv[name])
             dec.engine.binding_owner = dec
     total = dec.length + seq
-    b.bind_ortvalue_input("inputs_embeds", embeds)
+    hidden = embeds.shape()[-1]
+    b.bind_input("inputs_embeds", dec.device, 0, dec.dtype, [1, seq, hidden],
+                 embeds.data_ptr() + at * hidden * np.dtype(dec.dtype).itemsize)
     b.bind_input("attention_mask", dec.device, 0, np.int64, [1, total], dec.ones.data_ptr())
     if dec.has_positions:
         ptr = dec.positions.data_ptr() + 8 * dec.length
@@ -209,27 +212,33 @@ def _run(dec: Decoder, embeds, seq: int, logits_out: ort.OrtValue | None) -> Non
     dec.length = total
 
 
-def prefill(dec: Decoder, embeds: np.ndarray, chunk: int | None = None, *, start: int = 0,
+def prefill(dec: Decoder, embeds: np.ndarray | ort.OrtValue, chunk: int | None = None, *, start: int = 0,
             items: list | None = None) -> None:
-    """Run prompt embeddings [1, S, D] through the LLM after the first `start` cached positions,
+    """Run prompt embeddings [1, S, D] (a host array, or an OrtValue on the LLM's device in its
+    dtype, as the splice graph makes them: read in place) through the LLM after the first `start` cached positions,
     which are kept (a prefix shared with the previous prompt; 0: a fresh prompt), in chunks of
     `chunk` positions (None: one run). The concat layout's graph cannot extend a past by several
     positions at once: after a kept prefix it takes the new positions one at a time. The graph
     returns the last position's logits only (export inserts the slice), and the last run writes them
     into `dec.logits`. (Chunking changes nothing: each query row attends to the same keys.)
     `items`: what the S new positions hold (see `Decoder.items`; None: nothing a later prompt can match)."""
-    seq = embeds.shape[1]
+    if isinstance(embeds, ort.OrtValue):
+        if embeds.device_name().lower() != dec.device or _ORT_DTYPES.get(embeds.data_type()) != dec.dtype:
+            raise SfedgeError(f"prompt embeddings on {embeds.device_name()} as {embeds.data_type()}: the LLM "
+                              f"reads {np.dtype(dec.dtype).name} on {dec.device}")
+    else:
+        embeds = dec._upload(np.ascontiguousarray(embeds, dtype=dec.dtype))
+    seq = embeds.shape()[1]
     if seq < 1 or start + seq > dec.max_length:
         raise SfedgeError(f"a prompt of {start + seq} tokens does not fit the engines' context of "
                           f"{dec.max_length} positions")
     items = list(items) if items is not None else [object() for _ in range(seq)]
     dec.truncate(start)
-    embeds = np.ascontiguousarray(embeds, dtype=dec.dtype)
     step = (chunk or seq) if dec.shared else (seq if start == 0 else 1)
     for at in range(0, seq, step):
-        part = embeds[:, at:at + step]
+        n = min(step, seq - at)
         last = at + step >= seq
-        _run(dec, dec._upload(part), part.shape[1], dec.logits if last else None)
+        _run(dec, embeds, n, dec.logits if last else None, at)
         dec.items.extend(items[at:at + step])
 
 

@@ -25,13 +25,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SfedgeError
+from ..families import family_of_manifest
 from ..manifest import RUNTIME_CACHE, load_manifest
 from ..prompts import render_options
 from ..spec import GenerationSpec, PipelineSpec
 from .answer import Answer, Answerer, Visual
-from .encoder import Encoder, frame_key
+from .encoder import frame_key
 from .engines import OrtEngine, check_provider
 from .generate import Decoder
+from .splice import Splicer
 from .tokenizer import TextTokenizer, check_canary
 from .trt_engine import TrtEngine, native_plan
 from .video import load_video
@@ -85,7 +87,8 @@ class Pipeline:
         check_provider("cuda" if provider == "tensorrt" and {"vision", "slowfast"} <= set(native) else provider)
         self.root, self.provider = root, provider
         self.spec = PipelineSpec.from_dict(self.manifest["pipeline"])
-        self.family = self.manifest.get("prompt_family", "vicuna")
+        self.family = family_of_manifest(self.manifest)  # what the engines compute (sfedge/families)
+        self.prompt_family = self.manifest.get("prompt_family") or self.family.detect_variant(())
         model, comps = self.manifest["model"], self.manifest["components"]
         fp16 = self.manifest.get("precision") == "fp16"
         cache = Path(trt_cache_dir) if trt_cache_dir else root / RUNTIME_CACHE
@@ -99,7 +102,7 @@ class Pipeline:
                              threads=threads, **kw)
 
         self.max_frames = model.get("max_frames")
-        self.encoder = Encoder(engine("vision"), self.spec.preprocess, self.max_frames)
+        self.encoder = self.family.encoder(engine("vision"), self.spec, self.max_frames)
         slowfast = engine("slowfast")
         shared = _shares_buffer(root, comps["llm"])
         # TensorRT takes vision and slowfast; the LLM's GroupQueryAttention (in-place KV buffer)
@@ -114,8 +117,9 @@ class Pipeline:
         eos = model.get("eos_token_ids", model.get("eos_token_id"))
         tokenizer = TextTokenizer(root / comps["tokenizer"]["path"])
         check_canary(tokenizer, self.manifest)  # the ids the export's tokenizer guard recorded
-        self.answerer = Answerer(slowfast, decoder, tokenizer,
-                                 family=self.family, spec=self.spec.slowfast, bos=model.get("bos_token_id"),
+        splicer = Splicer(root / comps["splice"]["path"], decoder.device_table, decoder.device)
+        self.answerer = Answerer(slowfast, decoder, tokenizer, splicer, family=self.family, variant=self.prompt_family,
+                                 spec=self.spec, bos=model.get("bos_token_id"),
                                  image_token_id=model["image_token_id"],
                                  eos=[eos] if isinstance(eos, int) else eos or [], prefill_chunk=prefill_chunk,
                                  prefix_cache_bytes=int(prefix_cache_mb * 2**20), prefix_reuse=prefix_reuse)
