@@ -9,6 +9,8 @@ same engines with the fp32 vision graph, and vision time side by side (issue 18)
         [--rounds 5] [--threads 1]
         vision.onnx of both, alternating A B A B in one process, on the same N synthetic frames
         (preprocessed): wall and process CPU time, medians; features max abs / cosine.
+    PYTHONPATH=$PWD python scripts/vision_int8_effect.py e2e FP32_ENGINES INT8V_ENGINES [--frames 4] [--rounds 2]
+        whole asks (32 new tokens) through both engines in one process, alternating: stage medians.
 Both directories must hold the same checkpoint's export (the second made with --vision-int8).
 """
 
@@ -100,9 +102,33 @@ def speed(fp32_dir: Path, int8_dir: Path, frames: int, rounds: int, threads: int
             "features": _features_effect(out["fp32"], out["int8"])}
 
 
+def e2e(fp32_dir: Path, int8_dir: Path, frames: int, rounds: int, new_tokens: int = 32) -> dict:
+    """Whole asks, both engines in this process, alternating A B A B (one untimed ask each first):
+    a synthetic clip of `frames` frames, `new_tokens` greedy tokens (EOS ignored), the runtime's
+    default threads; medians of the Pipeline's own stage timings."""
+    from sfedge.runtime.pipeline import Pipeline
+    from sfedge.spec import GenerationSpec
+    from sfedge.synthetic import make_clip
+
+    clip = make_clip(Path(tempfile.mkdtemp(prefix="int8v-e2e-")) / "clip.mp4", num_frames=frames, seed=0)
+    pipes = {"fp32": Pipeline(fp32_dir, prefix_reuse=False), "int8": Pipeline(int8_dir, prefix_reuse=False)}
+    gen = GenerationSpec(max_new_tokens=new_tokens, ignore_eos=True)
+    q = "What is happening in the video?"
+    for p in pipes.values():
+        p.ask(clip, q, gen=gen)
+    runs = {k: [] for k in pipes}
+    for _ in range(rounds):
+        for k, p in pipes.items():
+            runs[k].append(p.ask(clip, q, gen=gen).timings_ms)
+            print(k, {s: round(v) for s, v in runs[k][-1].items()}, file=sys.stderr, flush=True)
+    med = {k: {s: statistics.median(r[s] for r in rs) for s in rs[0]} for k, rs in runs.items()}
+    return {"frames": frames, "rounds": rounds, "new_tokens": new_tokens, "median_ms": med,
+            "speedup": {s: med["fp32"][s] / med["int8"][s] for s in ("vision", "ttft", "total") if med["int8"][s]}}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("mode", choices=("tokens", "speed"))
+    p.add_argument("mode", choices=("tokens", "speed", "e2e"))
     p.add_argument("fp32", type=Path)
     p.add_argument("int8", type=Path)
     p.add_argument("--frames", type=int, default=4)
@@ -110,8 +136,12 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     load = os.getloadavg()[0]
-    res = tokens(args.fp32, args.int8) if args.mode == "tokens" else speed(args.fp32, args.int8, args.frames,
-                                                                          args.rounds, args.threads)
+    if args.mode == "tokens":
+        res = tokens(args.fp32, args.int8)
+    elif args.mode == "speed":
+        res = speed(args.fp32, args.int8, args.frames, args.rounds, args.threads)
+    else:
+        res = e2e(args.fp32, args.int8, args.frames, args.rounds)
     res["load_average"] = [load, os.getloadavg()[0]]
     print(json.dumps({k: v for k, v in res.items() if k != "rows"}, indent=1))
     print(json.dumps(res))
