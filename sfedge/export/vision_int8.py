@@ -2,8 +2,8 @@
 quantization (`onnxruntime.quantization.quantize_dynamic`) of the exported fp32 vision.onnx.
 
 Every MatMul with a constant weight (CLIP's q/k/v/o and MLP projections, the LLaVA projector)
-gets int8 weights, per output channel, and int8 activations quantized per tensor at run time
-(DynamicQuantizeLinear -> MatMulInteger, fused by ORT into DynamicQuantizeMatMul); the
+gets int8 weights, per output channel, and uint8 activations quantized per tensor at run time
+(DynamicQuantizeLinear -> MatMulInteger -> rescale, which ORT's graph optimizer may fuse); the
 activation x activation MatMuls of attention, the patch Conv, LayerNorm and softmax stay fp32.
 Inputs and outputs keep their dtypes and layout (frames in, float32 features out), so nothing else
 in the engines directory or the runtime changes.
