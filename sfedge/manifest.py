@@ -56,6 +56,9 @@ Extensions written by `sfedge export` (sfedge/export/), all under schema version
       "vision":   {..., "precision": "fp32" | "fp16", "opset": 18},   # frames always uint8;
       "slowfast": {..., "precision": ..., "opset": 18},               # features/visual_tokens in
                                                                       # the precision's dtype
+      # with `export --vision-int8` only: components.vision.quantization = {"method": "dynamic", "tool",
+      #   "weights", "reduce_range", "activations", "op_types", "const_weights_only", "validation",
+      #   "vs_fp32": {"max_abs", "rel", "cosine", "frames", "input", "against", "min_cosine"}}
       "llm": {
         "path": "llm/model.onnx", "genai_config": "llm/genai_config.json",
         "builder": "onnxruntime-genai model builder, exclude_embeds=true",

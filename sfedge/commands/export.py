@@ -34,6 +34,10 @@ def add_arguments(p) -> None:
     p.add_argument("--allow-tokenizer-mismatch", action="store_true",
                    help="export even where tokenizer.json gives other ids than the checkpoint's own tokenizer "
                         "(every difference is recorded in the manifest)")
+    p.add_argument("--vision-int8", action="store_true",
+                   help="CPU engines: replace the fp32 vision graph, after validation, by ONNX Runtime's dynamic int8 "
+                        "quantization (int8 weights and activations in its MatMuls); its features vs the fp32 "
+                        "graph's are recorded in the manifest (components.vision.quantization)")
     p.add_argument("--no-validate", dest="validate", action="store_false", help="skip the parity checks against PyTorch")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists (only once the new export validated)")
     add_json_flag(p)
@@ -58,7 +62,7 @@ def run(args) -> int:
         manifest = export_model(model, args.out, precision=args.precision, device=args.device,
                                 max_frames=args.max_frames, slowfast=slowfast, validate=args.validate,
                                 force=args.force, progress=True, max_context=args.max_context,
-                                allow_tokenizer_mismatch=args.allow_tokenizer_mismatch)
+                                allow_tokenizer_mismatch=args.allow_tokenizer_mismatch, vision_int8=args.vision_int8)
     except ValidationError as e:
         if args.json:
             print_json({"ok": False, "error": str(e), "validation": getattr(e, "report", None)})
@@ -69,13 +73,17 @@ def run(args) -> int:
                     "max_context": manifest["context"]["max_context"],
                     "family": manifest.get("family", "llava_next"),
                     "tokenizer_guard": {k: guard[k] for k in ("passed", "allowed_mismatches")} if guard else None,
-                    "export_seconds": manifest["export_seconds"], "validation": manifest["validation"]})
+                    "export_seconds": manifest["export_seconds"], "validation": manifest["validation"],
+                    "vision_quantization": manifest["components"]["vision"].get("quantization")})
     else:
         v = manifest["validation"]
         status = "not validated" if v is None else "validated: " + ", ".join(
             f"{k} rel {v[k]['rel']:.2e} cos {v[k]['cosine']:.4f}" for k in ("vision", "slowfast", "llm", "chain") if k in v)
         print(f"exported {args.preset or args.model} -> {args.out} ({manifest['precision']}, {manifest['device']}, "
               f"context {manifest['context']['max_context']}) in {manifest['export_seconds']:.1f} s; {status}")
+        if q := manifest["components"]["vision"].get("quantization"):
+            e = q["vs_fp32"]
+            print(f"vision int8 (dynamic): features vs the fp32 graph max abs {e['max_abs']:.3g}, cosine {e['cosine']:.4f}")
         if guard and (n := guard["allowed_mismatches"]):
             print(f"warning: {n} tokenizer canary chunk(s) differ from the checkpoint's tokenizer "
                   f"(--allow-tokenizer-mismatch; listed in the manifest's tokenizer_guard)")

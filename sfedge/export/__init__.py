@@ -57,13 +57,15 @@ def vision_precision(precision: str, device: str) -> str:
 def export_model(model: str | Path, out: str | Path, precision: str = "fp32", device: str = "cpu",
                  max_frames: int = 64, slowfast: SlowFastSpec = SlowFastSpec(), validate: bool = True,
                  force: bool = False, progress: bool = True, max_context: int | None = None,
-                 allow_tokenizer_mismatch: bool = False) -> dict:
+                 allow_tokenizer_mismatch: bool = False, vision_int8: bool = False) -> dict:
     """Export `model` ("tiny" or a checkpoint dir) to `out`; return the manifest as written
     (incl. "validation", None with validate=False). `max_context`: positions the decoder's KV cache
     and attention buffers hold (default min(4096, the checkpoint's max_position_embeddings)).
     Raises SfedgeError on bad input (exit 2), ValidationError when a graph disagrees with PyTorch
     beyond its tolerance or the runtime's tokenizer disagrees with the checkpoint's (exit 1; the
-    latter unless `allow_tokenizer_mismatch`, which records the differences in the manifest)."""
+    latter unless `allow_tokenizer_mismatch`, which records the differences in the manifest).
+    `vision_int8`: after validation, the vision graph is replaced by its int8 dynamic quantization
+    (CPU only; `vision_int8.py`), recorded in the manifest's components.vision.quantization."""
     from ..families import family_for_checkpoint
     from ..models.tiny import resolve_model
     from .leftovers import remove_stale, scratch_prefix
@@ -75,6 +77,10 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32", de
         raise SfedgeError(f"device must be one of {DEVICES}, got {device!r}")
     if max_frames < 1:
         raise SfedgeError(f"max_frames must be >= 1, got {max_frames}")
+    if vision_int8:
+        from .vision_int8 import check_supported
+
+        check_supported(precision, device)
     ckpt = resolve_model(model)
     family = family_for_checkpoint(ckpt)  # an unknown model_type is refused before anything is written
     if family.export is None:
@@ -89,7 +95,7 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32", de
     partial = Path(tempfile.mkdtemp(prefix=scratch_prefix(f"{out.name}.partial"), dir=out.parent))
     try:
         manifest = family.export(str(model), ckpt, family, partial, precision, device, max_frames, slowfast, validate,
-                                 progress, context, allow_tokenizer_mismatch)
+                                 progress, context, allow_tokenizer_mismatch, vision_int8)
         _default_permissions(partial)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
@@ -102,7 +108,7 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32", de
 
 def _build(name: str, ckpt: Path, model_family, root: Path, precision: str, device: str, max_frames: int,
            slowfast: SlowFastSpec, validate: bool, progress: bool, context: dict,
-           allow_tokenizer_mismatch: bool) -> dict:
+           allow_tokenizer_mismatch: bool, vision_int8: bool = False) -> dict:
     import numpy as np
     import torch
 
@@ -120,7 +126,7 @@ def _build(name: str, ckpt: Path, model_family, root: Path, precision: str, devi
     from .vision import export_vision, normalisation_record
 
     started = time.perf_counter()
-    bar = _Stages(STAGES if validate else STAGES[:7], progress)
+    bar = _Stages((STAGES if validate else STAGES[:7]) + (("vision int8",) if vision_int8 else ()), progress)
     try:
         bar.step("tokenizer guard")  # first: a tokenizer that disagrees fails the export in seconds
         tokenizer_files = llm_mod.copy_tokenizer(ckpt, root / "tokenizer")
@@ -200,6 +206,11 @@ def _build(name: str, ckpt: Path, model_family, root: Path, precision: str, devi
         _release_memory()
         if validate:
             manifest["validation"] = compare(root, manifest, cases, device, on_step=lambda n: bar.step(f"validate {n}"))
+        if vision_int8:  # after validation, which checks the fp32 graph (vision_int8.py)
+            from .vision_int8 import quantize_vision
+
+            bar.step("vision int8")
+            manifest["components"]["vision"]["quantization"] = quantize_vision(root)
         manifest["export_seconds"] = round(time.perf_counter() - started, 2)
         write_manifest(root, manifest)
         bar.close()

@@ -92,9 +92,11 @@ def model_block(ref, llm: dict, table_shape: tuple, max_frames: int) -> dict:
 
 
 def export(name: str, ckpt: Path, family, root: Path, precision: str, device: str, max_frames: int, slowfast,
-           validate: bool, progress: bool, context: dict, allow_tokenizer_mismatch: bool) -> dict:
+           validate: bool, progress: bool, context: dict, allow_tokenizer_mismatch: bool, vision_int8: bool = False) -> dict:
     """Family.export of video_llama_3 (`export_model`'s call; SlowFast settings and the tokenizer guard
-    do not apply to this family)."""
+    do not apply to this family, nor, yet, the int8 vision graph)."""
+    if vision_int8:
+        raise SfedgeError("--vision-int8 is not available for VideoLLaMA3 checkpoints yet (SlowFast-LLaVA only)")
     return build(name, ckpt, root, precision, device, max_frames, validate, progress, context)
 
 
