@@ -40,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..errors import SfedgeError, ValidationError
+from ..errors import SfedgeError
 from ..spec import PipelineSpec, SamplingSpec, SlowFastSpec
 
 PRECISIONS = ("fp32", "fp16", "int4")
@@ -117,10 +117,9 @@ def _build(name: str, ckpt: Path, model_family, root: Path, precision: str, devi
     from ..manifest import write_manifest
     from ..runtime.tokenizer import TextTokenizer
     from . import llm as llm_mod
-    from .leftovers import scratch_prefix
     from .manifest_build import component_entry, model_block, read_manifest, source_identity, versions
     from .slowfast import export_slowfast
-    from .step import export_splice, export_step
+    from .step import export_splice
     from .tokenizer_guard import guard
     from .validate import compare, int4_settings, reference_cases
     from .vision import export_vision, normalisation_record
@@ -136,19 +135,7 @@ def _build(name: str, ckpt: Path, model_family, root: Path, precision: str, devi
             _check_chain_fits(root / "tokenizer", family, slowfast, min(SamplingSpec().num_frames, max_frames),
                               context["max_context"])
         bar.step("text model")
-        emb_dtype = llm_mod.io_dtype(precision, device)
-        with tempfile.TemporaryDirectory(prefix=scratch_prefix(".sfedge-text"), dir=root.parent) as scratch:
-            scratch = Path(scratch)
-            llm_mod.save_text_checkpoint(ckpt, scratch / "text", root / "embeddings.npy", emb_dtype, context=context)
-            bar.step("LLM builder")
-            llm_mod.run_builder(scratch / "text", root / "llm", precision, device, scratch / "builder.log")
-        llm_mod.logits_for_last_position(root / "llm")
-        llm = llm_mod.describe_llm(root / "llm", "llm", precision, device)
-        if llm["kv_cache"]["max_length"] != context["max_context"]:
-            raise ValidationError(f"the builder made a decoder for {llm['kv_cache']['max_length']} positions, "
-                                  f"not the requested {context['max_context']}")
-        logits_dtype = next(io["dtype"] for io in llm["outputs"] if io["name"] == "logits")
-        step = export_step(root, logits_dtype, emb_dtype)
+        llm, step, emb_dtype = llm_mod.build_decoder(ckpt, root, precision, device, context, on_stage=bar.step)
 
         bar.step("reference")
         ref_device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"

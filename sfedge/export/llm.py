@@ -294,3 +294,30 @@ def describe_llm(llm_dir: Path, rel_dir: str, precision: str, device: str) -> di
             "past_present_share_buffer": bool(search.get("past_present_share_buffer", False)),
         },
     }
+
+
+def build_decoder(ckpt: Path, root: Path, precision: str, device: str, context: dict,
+                  on_stage=lambda name: None) -> tuple[dict, dict, str]:
+    """The LLM part of every family's export: the text checkpoint streamed out shard by shard (its
+    embedding table to root/embeddings.npy), the builder's decoder in root/llm (logits for the last
+    position only) and the greedy step beside it. Returns (the llm component, the greedy_step
+    component, the embeddings' dtype). `on_stage(name)` is called as the builder starts."""
+    import tempfile
+
+    from ..errors import ValidationError
+    from .leftovers import scratch_prefix
+    from .step import export_step
+
+    emb_dtype = io_dtype(precision, device)
+    with tempfile.TemporaryDirectory(prefix=scratch_prefix(".sfedge-text"), dir=root.parent) as scratch:
+        scratch = Path(scratch)
+        save_text_checkpoint(ckpt, scratch / "text", root / "embeddings.npy", emb_dtype, context=context)
+        on_stage("LLM builder")
+        run_builder(scratch / "text", root / "llm", precision, device, scratch / "builder.log")
+    logits_for_last_position(root / "llm")
+    llm = describe_llm(root / "llm", "llm", precision, device)
+    if llm["kv_cache"]["max_length"] != context["max_context"]:
+        raise ValidationError(f"the builder made a decoder for {llm['kv_cache']['max_length']} positions, "
+                              f"not the requested {context['max_context']}")
+    logits_dtype = next(io["dtype"] for io in llm["outputs"] if io["name"] == "logits")
+    return llm, export_step(root, logits_dtype, emb_dtype), emb_dtype

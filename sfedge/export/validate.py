@@ -304,6 +304,11 @@ def compare(root: Path, manifest: dict, cases: dict, device: str = "cpu", on_ste
         report["int4_weights"]["enforced"] = manifest.get("device", "cpu") == "cpu"
         if report["int4_weights"]["enforced"]:
             checks += ("int4_weights",)
+    return verdict(report, checks)
+
+
+def verdict(report: dict, checks) -> dict:
+    """Mark the report passed, or raise ValidationError naming every failed check (report attached)."""
     failed = [report[n]["failure"] for n in checks if not report[n]["passed"]]
     report["passed"] = not failed
     if failed:

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import datetime
 import json
-import tempfile
 import time
 from pathlib import Path
 
-from ..errors import SfedgeError, ValidationError
+from ..errors import SfedgeError
 
 FAMILY = "video_llama_3"
 STAGES = ("tokenizer", "text model", "LLM builder", "reference", "vision", "manifest", "reference outputs",
@@ -111,9 +110,8 @@ def build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_fr
     from ..reference.videollama3 import VideoLlama3Reference
     from . import _Stages, _release_memory, vision_precision
     from . import llm as llm_mod
-    from .leftovers import scratch_prefix
     from .manifest_build import component_entry, read_manifest, source_identity, versions
-    from .step import export_splice, export_step
+    from .step import export_splice
     from .videollama3_validate import compare, reference_cases
     from .videollama3_vision import export_vision
 
@@ -127,19 +125,7 @@ def build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_fr
         bar.step("tokenizer")
         tokenizer_files = llm_mod.copy_tokenizer(ckpt, root / "tokenizer")
         bar.step("text model")
-        emb_dtype = llm_mod.io_dtype(precision, device)
-        with tempfile.TemporaryDirectory(prefix=scratch_prefix(".sfedge-text"), dir=root.parent) as scratch:
-            scratch = Path(scratch)
-            llm_mod.save_text_checkpoint(ckpt, scratch / "text", root / "embeddings.npy", emb_dtype, context=context)
-            bar.step("LLM builder")
-            llm_mod.run_builder(scratch / "text", root / "llm", precision, device, scratch / "builder.log")
-        llm_mod.logits_for_last_position(root / "llm")
-        llm = llm_mod.describe_llm(root / "llm", "llm", precision, device)
-        if llm["kv_cache"]["max_length"] != context["max_context"]:
-            raise ValidationError(f"the builder made a decoder for {llm['kv_cache']['max_length']} positions, "
-                                  f"not the requested {context['max_context']}")
-        logits_dtype = next(io["dtype"] for io in llm["outputs"] if io["name"] == "logits")
-        step = export_step(root, logits_dtype, emb_dtype)
+        llm, step, emb_dtype = llm_mod.build_decoder(ckpt, root, precision, device, context, on_stage=bar.step)
 
         bar.step("reference")
         ref = VideoLlama3Reference(ckpt, torch.float32, "cpu")
