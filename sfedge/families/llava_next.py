@@ -44,5 +44,6 @@ LLAVA_NEXT = Family(name="llava_next", model_types=("llava_next",), graphs=GRAPH
                     bench_reference=lazy("sfedge.bench.runner", "bench_reference"),
                     export=lazy("sfedge.export", "_build"),
                     # plan: the SlowFast rule and CLIP formulas of sfedge.plan (prompt None: SPEC 4 counts)
-                    plan=PlanRules(prompt=lambda info: None, vision_params=lazy("sfedge.plan.model", "clip_vision_params"),
-                                   vision_modelled=True, preset_config=lazy("sfedge.plan.model", "llava_preset_config")))
+                    plan=PlanRules(prompt=lambda info: None, vision_modelled=True,
+                                   vision_params=lazy("sfedge.plan.model", "clip_vision_params"),
+                                   preset_config=lazy("sfedge.plan.model", "llava_preset_config")))

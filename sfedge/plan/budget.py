@@ -196,7 +196,8 @@ def levers(info: ModelInfo, target: Target, s: Settings, make_model) -> list[dic
     sf = s.slowfast
     if s.rules:  # the SlowFast levers do not apply; the family's own: an assumed pruned fraction
         if s.rules.prunes and s.pruned < 0.5:
-            tried.append(("--pruned 0.5 (assumption: the video lets pruning remove half)", info, replace(s, pruned=0.5)))
+            tried.append(("--pruned 0.5 (assumption: the video lets pruning remove half)", info,
+                          replace(s, pruned=0.5)))
     elif sf.slow_frames > 4:
         tried.append(("--slow-frames 4", info, replace(s, slowfast=replace(sf, slow_frames=4))))
     for g in [] if s.rules else _fast_grids(sf.fast_grid)[:1]:
