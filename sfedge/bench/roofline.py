@@ -86,15 +86,16 @@ def kv_bytes(g: Geometry, context: int, bytes_per_value: float = 2) -> float:
 
 
 def floors_ms(g: Geometry | None, ceilings: dict, *, frames: int, prefill_tokens: int, new_tokens: int,
-              weight_bytes: float, act_bytes: int) -> dict[str, float]:
+              weight_bytes: float, act_bytes: int, vision: bool = True) -> dict[str, float]:
     """Floor in ms per stage (decode: ms per token at the mean context). Stages whose inputs are
-    unknown (no geometry) are left out."""
+    unknown (no geometry; `vision` False: a vision graph these CLIP formulas do not describe) are left out."""
     bw = ceilings["bandwidth_GBps"] * 1e9
     rate = ceilings["matmul_TFLOPs"] * 1e12
     out = {}
     if g is not None:
-        out["vision"] = 1e3 * frames * vision_flops_per_frame(g) / rate
-        out["slowfast"] = 1e3 * frames * g.patches * g.hidden * act_bytes / bw
+        if vision:
+            out["vision"] = 1e3 * frames * vision_flops_per_frame(g) / rate
+            out["slowfast"] = 1e3 * frames * g.patches * g.hidden * act_bytes / bw
         out["prefill"] = 1e3 * prefill_flops(g, prefill_tokens) / rate
         kv = kv_bytes(g, prefill_tokens + new_tokens // 2, act_bytes)
     else:

@@ -6,16 +6,20 @@ HELP = "memory budget and latency floors of a preset, checkpoint or engines on a
 
 
 def add_arguments(p) -> None:
-    from ..models.presets import PRESETS
+    from ..plan.model import preset_names
 
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--preset", choices=sorted(PRESETS), help="a preset's geometry (sfedge/models/presets.py)")
-    src.add_argument("--model", metavar="CKPT", help="a llava-hf checkpoint directory (its config.json)")
+    src.add_argument("--preset", choices=sorted(preset_names()), help="a preset's geometry (sfedge/models/presets.py, "
+                     "presets_videollama3.py)")
+    src.add_argument("--model", metavar="CKPT", help="a llava-hf or VideoLLaMA3 checkpoint directory (its config.json)")
     src.add_argument("--engines", metavar="DIR", help="exported engines (real file sizes, their settings)")
     p.add_argument("--target", required=True, metavar="NAME", help="a device from the table, 'cpu' (this host, "
                    "measured) or 'list' to print the table")
     p.add_argument("--precision", choices=("fp32", "fp16", "int4"), help="default fp16 (engines: theirs)")
-    p.add_argument("--frames", type=int, help="frames T (default 50)")
+    p.add_argument("--frames", type=int, help="frames T (default 50; VideoLLaMA3: the processor's max_frames, 180)")
+    p.add_argument("--pruned", type=float, metavar="F", help="VideoLLaMA3: ASSUME the compression mask removes this "
+                   "fraction of each later frame's tokens (default 0: the whole video budget; the real fraction "
+                   "depends on the video, `sfedge ask --json` reports it)")
     p.add_argument("--slow-frames", type=int, help="slow pathway frames S (default 10, or the engines')")
     p.add_argument("--fast-grid", type=int, help="fast pathway grid G (default 4, or the engines')")
     p.add_argument("--max-context", type=int, metavar="N", help="LLM context (default min(4096, the model's))")
@@ -48,7 +52,7 @@ def run(args) -> int:
                                   precision=args.precision, device=device)
     s = settings_for(info, frames=args.frames, slow_frames=args.slow_frames, fast_grid=args.fast_grid,
                      max_context=args.max_context, kv_dtype_=args.kv_dtype, max_new_tokens=args.max_new_tokens,
-                     efficiency=args.efficiency)
+                     efficiency=args.efficiency, pruned=args.pruned)
     plan = make_plan(info, target, s, make_model)
     print(render(plan))
     if args.json:

@@ -37,7 +37,12 @@ def processor_block(ckpt: Path) -> dict:
     """The manifest's `processor`: the checkpoint's video_preprocessor_config.json over transformers'
     VideoLlama3VideoProcessor defaults, with the sampling and compression settings used."""
     path = ckpt / "video_preprocessor_config.json"
-    cfg = json.loads(path.read_text()) if path.is_file() else {}
+    return processor_settings(json.loads(path.read_text()) if path.is_file() else {})
+
+
+def processor_settings(cfg: dict) -> dict:
+    """`processor_block` from a video_preprocessor_config.json as a dict (torch-free: `sfedge plan`
+    reads a preset's or a checkpoint's processor through it)."""
     size = cfg.get("size") or {"shortest_edge": 128 * 28 * 28, "longest_edge": 28 * 28 * 768}
     if cfg.get("min_pixels"):
         size = dict(size, shortest_edge=cfg["min_pixels"])

@@ -42,6 +42,47 @@ class PromptContext:
 
 
 @dataclass(frozen=True)
+class PromptRules:
+    """How many prompt positions a family's video takes, as `sfedge plan` counts them:
+    `visual(frames, pruned)` visual tokens for `frames` frames when the family's token reduction removes
+    the fraction `pruned` of what it may remove (an assumption the user states: it depends on the video),
+    `text(frames)` the text positions around them (template, question, per-frame text), `frames` the
+    default frame count, `label` how the plan names the rule, `chunks_frames` whether the runtime
+    encodes a video in chunks (then the engines' max_frames bounds no video)."""
+
+    visual: Callable[[int, float], int]
+    text: Callable[[int], int]
+    frames: int
+    label: str
+    chunks_frames: bool = False
+    prunes: bool = False  # `pruned` changes the count (the --pruned lever applies)
+
+
+@dataclass(frozen=True)
+class PlanRules:
+    """What `sfedge plan` needs of a family (every hook torch-free; the plan calls them and never
+    compares family names):
+
+    * `prompt(info) -> PromptRules | None`: the token counts from the engines' manifest and tokenizer,
+      or a checkpoint's / preset's processor and template (`info`: sfedge.plan.model.ModelInfo);
+      None: the plan's SlowFast rule (SPEC 4 tokens of the --slow-frames / --fast-grid settings, 64
+      text tokens).
+    * `vision_params(config, geometry) -> int`: parameters of vision.onnx (encoder + projector).
+    * `vision_modelled`: the plan's vision FLOP and activation formulas (a batch of T frames of
+      `geometry.patches` + 1 tokens, CLIP) describe this family's vision graph; False: those lines and
+      floors are left out, with a note.
+    * `preset_config(name) -> dict | None`: a preset's config.json as a dict, None if not this family's.
+    * `llm_bias_params(geometry) -> int`: decoder parameters beyond the geometry's matmuls (biases).
+    """
+
+    prompt: Callable[[Any], PromptRules | None]
+    vision_params: Callable[[dict, Any], int]
+    vision_modelled: bool
+    preset_config: Callable[[str], dict | None]
+    llm_bias_params: Callable[[Any], int] = lambda geometry: 0
+
+
+@dataclass(frozen=True)
 class Family:
     """One model family. Hooks are plain functions (imported lazily by the family module, so the
     runtime never imports torch through this record):
@@ -76,6 +117,8 @@ class Family:
     # `export(name, ckpt, family, root, precision, device, max_frames, slowfast, validate, progress, context,
     # allow_tokenizer_mismatch) -> manifest`: fills the scratch engines directory (`export_model` owns it)
     export: Callable[..., dict] | None = None
+    # what `sfedge plan` needs (token counts, vision weights, presets): PlanRules
+    plan: PlanRules | None = None
 
 
 def lazy(module: str, name: str) -> Callable[..., Any]:

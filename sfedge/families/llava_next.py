@@ -10,7 +10,7 @@ Visual layout: one block of `spec.slowfast.num_tokens(T)` tokens keyed by the wi
 from __future__ import annotations
 
 from ..prompts import build_prompt, detect_family, tokenize_prompt
-from .base import Family, PromptContext, VisualBlock, lazy
+from .base import Family, PlanRules, PromptContext, VisualBlock, lazy
 
 GRAPHS = ("vision", "slowfast", "llm", "embeddings", "tokenizer", "greedy_step", "splice")
 
@@ -42,4 +42,8 @@ LLAVA_NEXT = Family(name="llava_next", model_types=("llava_next",), graphs=GRAPH
                     pipeline=lazy("sfedge.runtime.pipeline", "Pipeline"),
                     verify=lazy("sfedge.parity", "verify"),
                     bench_reference=lazy("sfedge.bench.runner", "bench_reference"),
-                    export=lazy("sfedge.export", "_build"))
+                    export=lazy("sfedge.export", "_build"),
+                    # plan: the SlowFast rule and CLIP formulas of sfedge.plan (prompt None: SPEC 4 counts)
+                    plan=PlanRules(prompt=lambda info: None, vision_modelled=True,
+                                   vision_params=lazy("sfedge.plan.model", "clip_vision_params"),
+                                   preset_config=lazy("sfedge.plan.model", "llava_preset_config")))

@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .base import Family, PromptContext, VisualBlock, lazy
+from . import video_llama_3_plan as plan
+from .base import Family, PlanRules, PromptContext, VisualBlock, lazy
 
 GRAPHS = ("vision", "llm", "embeddings", "tokenizer", "greedy_step", "splice")
 VARIANT = "chat_template"  # one prompt: the checkpoint's template
@@ -76,4 +77,6 @@ VIDEO_LLAMA_3 = Family(name="video_llama_3", model_types=("video_llama_3",), gra
                        pipeline=lazy("sfedge.runtime.videollama3_pipeline", "VideoLlama3Pipeline"),
                        verify=lazy("sfedge.parity_videollama3", "verify"),
                        bench_reference=lazy("sfedge.bench.videollama3", "bench_reference"),
-                       export=lazy("sfedge.export.videollama3", "export"))
+                       export=lazy("sfedge.export.videollama3", "export"),
+                       plan=PlanRules(prompt=plan.prompt, vision_params=plan.vision_params, vision_modelled=False,
+                                      preset_config=plan.preset_config, llm_bias_params=plan.llm_bias_params))

@@ -19,6 +19,7 @@ the one unified pool on a Jetson, the process's RSS on `cpu`):
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from ..bench import roofline
 from ..context import kv_cache_bytes
@@ -38,13 +39,20 @@ class Settings:
     max_context: int = 4096
     kv_dtype: str | None = None  # None: the LLM's I/O dtype (what export builds)
     max_new_tokens: int = 128
-    text_tokens: int = PROMPT_TEXT_TOKENS
+    base_text_tokens: int = PROMPT_TEXT_TOKENS  # the SlowFast prompt's text (a family's rules count their own)
     efficiency: float = 0.5  # fraction of the floor expected in practice
-    video_budget_tokens: int | None = None  # a family with a per-video token budget (VideoLLaMA3) instead of SlowFast
+    # a family's token counts (sfedge.families.PromptRules, e.g. VideoLLaMA3's video budget and chat
+    # template); None: SlowFast's SPEC 4 count of `slowfast` and `base_text_tokens`
+    rules: Any = None
+    pruned: float = 0.0  # assumed fraction the family's token reduction removes (rules.prunes; an assumption)
 
     @property
     def visual_tokens(self) -> int:
-        return self.video_budget_tokens or self.slowfast.num_tokens(self.frames)
+        return self.rules.visual(self.frames, self.pruned) if self.rules else self.slowfast.num_tokens(self.frames)
+
+    @property
+    def text_tokens(self) -> int:
+        return self.rules.text(self.frames) if self.rules else self.base_text_tokens
 
     @property
     def prefill_tokens(self) -> int:
@@ -98,10 +106,12 @@ def memory_lines(info: ModelInfo, target: Target, s: Settings) -> list[dict]:
         {"item": f"KV cache: {s.max_context} positions x {kv['per_token']} B ({kv['dtype']})", "bytes": kv["total"],
          "how": "sfedge.context.kv_cache_bytes (what export records)"},
     ]
+    if info.geometry is not None and info.family.plan.vision_modelled:
+        lines.append({"item": f"vision activations, {s.frames} frames in one batch",
+                      "bytes": vision_activation_bytes(info, s.frames),
+                      "how": "estimated: sfedge.plan.budget.vision_activation_bytes"})
     if info.geometry is not None:
         lines += [
-            {"item": f"vision activations, {s.frames} frames in one batch", "bytes": vision_activation_bytes(info, s.frames),
-             "how": "estimated: sfedge.plan.budget.vision_activation_bytes"},
             {"item": f"prefill activations, {s.prefill_tokens} tokens", "bytes": prefill_activation_bytes(info, s.prefill_tokens),
              "how": "estimated: sfedge.plan.budget.prefill_activation_bytes"},
         ]
@@ -129,7 +139,7 @@ def _check(info: ModelInfo, s: Settings) -> list[str]:
         out.append(f"context {s.max_context} > the checkpoint's max_position_embeddings {info.max_position_embeddings}")
     if info.manifest:
         m = info.manifest["model"]
-        if s.frames > m.get("max_frames", s.frames) and not s.video_budget_tokens:  # (VideoLLaMA3 chunks frames)
+        if s.frames > m.get("max_frames", s.frames) and not (s.rules and s.rules.chunks_frames):
             out.append(f"{s.frames} frames > the engines' max_frames {m['max_frames']}")
         if s.max_context > m["max_length"]:
             out.append(f"context {s.max_context} > the engines' {m['max_length']} (re-export with --max-context)")
@@ -153,10 +163,12 @@ def floors(info: ModelInfo, target: Target, s: Settings) -> dict:
     ceilings = {"bandwidth_GBps": target.bandwidth_gbps, "matmul_TFLOPs": target.rate_tflops(compute)}
     weights = info.file_bytes["llm"] if info.file_bytes else computed_file_bytes(info, s.max_context)["llm"]
     ms = roofline.floors_ms(info.geometry, ceilings, frames=s.frames, prefill_tokens=s.prefill_tokens,
-                            new_tokens=s.max_new_tokens, weight_bytes=weights, act_bytes=BYTES[kv_dtype(info, s)])
-    ttft_floor = sum(ms.get(k, 0.0) for k in ("vision", "slowfast", "prefill"))
+                            new_tokens=s.max_new_tokens, weight_bytes=weights, act_bytes=BYTES[kv_dtype(info, s)],
+                            vision=info.family.plan.vision_modelled)
+    ttft_stages = [k for k in ("vision", "slowfast", "prefill") if k in ms]
+    ttft_floor = sum(ms[k] for k in ttft_stages)
     e = s.efficiency
-    return {"compute_dtype": compute, "ceilings": ceilings, "floors_ms": ms,
+    return {"compute_dtype": compute, "ceilings": ceilings, "floors_ms": ms, "ttft_stages": ttft_stages,
             "ttft_floor_ms": ttft_floor if info.geometry is not None else None, "efficiency": e,
             "expected_ttft_ms": ttft_floor / e if info.geometry is not None else None,
             "expected_decode_tokens_per_s": e * 1e3 / ms["decode_ms_per_token"]}
@@ -182,11 +194,13 @@ def levers(info: ModelInfo, target: Target, s: Settings, make_model) -> list[dic
         tried.append(("--kv-dtype int8 (what-if: export builds the KV cache in the I/O dtype)", info,
                       replace(s, kv_dtype="int8")))
     sf = s.slowfast
-    if s.video_budget_tokens:  # the SlowFast levers do not apply; frames do not change the budget's tokens
-        pass
+    if s.rules:  # the SlowFast levers do not apply; the family's own: an assumed pruned fraction
+        if s.rules.prunes and s.pruned < 0.5:
+            tried.append(("--pruned 0.5 (assumption: the video lets pruning remove half)", info,
+                          replace(s, pruned=0.5)))
     elif sf.slow_frames > 4:
         tried.append(("--slow-frames 4", info, replace(s, slowfast=replace(sf, slow_frames=4))))
-    for g in [] if s.video_budget_tokens else _fast_grids(sf.fast_grid)[:1]:
+    for g in [] if s.rules else _fast_grids(sf.fast_grid)[:1]:
         if (TOKENS_PER_FRAME ** 0.5) % g == 0:
             tried.append((f"--fast-grid {g}", info, replace(s, slowfast=replace(sf, fast_grid=g))))
     if s.frames > 16:
@@ -195,7 +209,7 @@ def levers(info: ModelInfo, target: Target, s: Settings, make_model) -> list[dic
     both = make_model("int4") if make_model is not None and info.precision != "int4" else info
     small = replace(s, frames=min(s.frames, 16), slowfast=replace(sf, slow_frames=min(sf.slow_frames, 4)))
     small = replace(small, max_context=min(s.max_context, small.prefill_tokens + s.max_new_tokens))
-    tried.append(("all of: int4, --frames <= 16, --slow-frames <= 4, --max-context "
+    tried.append((f"all of: int4, --frames <= 16, {'' if s.rules else '--slow-frames <= 4, '}--max-context "
                   f"{small.max_context}", both, small))
     out = []
     for name, mi, st in tried:

@@ -30,17 +30,45 @@ INT4_BLOCK = 32  # sfedge.export.llm.INT4_BLOCK_SIZE (kept here: export imports 
 BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
 
 
-def preset_config_dict(name: str) -> dict:
-    """A preset's config as llava-hf's config.json would hold it (what Geometry.from_config reads),
-    built from sfedge.models.presets' tables without transformers."""
+def llava_preset_config(name: str) -> dict | None:
+    """A SlowFast-LLaVA preset's config as llava-hf's config.json would hold it (what
+    Geometry.from_config reads), built from sfedge.models.presets' tables without transformers; None
+    for a name that is not one of them (the llava_next family's `plan.preset_config`)."""
     from ..models.presets import PRESETS
 
     if name not in PRESETS:
-        raise SfedgeError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+        return None
     vision, text, family = PRESETS[name]
-    return {"vision_config": dict(vision, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE),
+    return {"model_type": "llava_next", "vision_config": dict(vision, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE),
             "text_config": dict({"tie_word_embeddings": False, "max_position_embeddings": 4096}, **text),
             "vision_feature_layer": -2, "prompt_family": family}
+
+
+def preset_names() -> list[str]:
+    from ..models.presets import PRESETS
+    from ..models.presets_videollama3 import VL3_PRESETS
+
+    return [*PRESETS, *VL3_PRESETS]
+
+
+def preset_config_dict(name: str) -> dict:
+    """A preset's config.json as a dict, from the family that declares it (Family.plan.preset_config)."""
+    from ..families import FAMILIES
+
+    for family in FAMILIES.values():
+        cfg = family.plan.preset_config(name) if family.plan else None
+        if cfg is not None:
+            return cfg
+    raise SfedgeError(f"unknown preset {name!r}; presets: {', '.join(preset_names())}")
+
+
+def family_of_config(cfg: dict | None):
+    """The family whose model_types hold the config's `model_type` (else the default, llava_next:
+    llava-hf configs of other LLaVA types are read with its formulas, as before families existed)."""
+    from ..families import DEFAULT, FAMILIES
+
+    mt = (cfg or {}).get("model_type")
+    return next((f for f in FAMILIES.values() if mt in f.model_types), FAMILIES[DEFAULT])
 
 
 def dtypes(precision: str, device: str) -> dict:
@@ -73,6 +101,15 @@ class ModelInfo:
     manifest: dict | None = None
     notes: list = field(default_factory=list)
     root: Path | None = None  # the engines directory (its tokenizer counts a family's prompt text)
+    family: object = None  # sfedge.families.Family (None: from the manifest, else the config's model_type)
+    source: Path | None = None  # a checkpoint directory (--model): its processor, template and tokenizer
+    preset: str | None = None  # a preset's name (--preset)
+
+    def __post_init__(self) -> None:
+        if self.family is None:
+            from ..families import family_of_manifest
+
+            self.family = family_of_manifest(self.manifest) if self.manifest else family_of_config(self.config)
 
     @property
     def geometry(self) -> Geometry | None:
@@ -101,13 +138,13 @@ def _text_dims(cfg: dict) -> dict:
             "vocab": t["vocab_size"], "max_position_embeddings": t.get("max_position_embeddings", 4096)}
 
 
-def from_config(name: str, cfg: dict, precision: str, device: str) -> ModelInfo:
+def from_config(name: str, cfg: dict, precision: str, device: str, **where) -> ModelInfo:
     dtypes(precision, device)  # validates the precision
-    return ModelInfo(name, cfg, precision, device, **_text_dims(cfg))
+    return ModelInfo(name, cfg, precision, device, **_text_dims(cfg), **where)
 
 
 def from_preset(name: str, precision: str, device: str) -> ModelInfo:
-    return from_config(name, preset_config_dict(name), precision, device)
+    return from_config(name, preset_config_dict(name), precision, device, preset=name)
 
 
 def from_checkpoint(path: str | Path, precision: str, device: str) -> ModelInfo:
@@ -119,7 +156,7 @@ def from_checkpoint(path: str | Path, precision: str, device: str) -> ModelInfo:
         cfg["text_config"]["hidden_size"]
     except (ValueError, KeyError, TypeError) as e:
         raise SfedgeError(f"--model {path}: config.json is not a LLaVA-NeXT config ({e})") from None
-    return from_config(Path(path).name, cfg, precision, device)
+    return from_config(Path(path).name, cfg, precision, device, source=Path(path))
 
 
 def engine_file_bytes(root: Path, manifest: dict) -> dict:
@@ -147,11 +184,7 @@ def from_engines(root: str | Path) -> ModelInfo:
     m = manifest["model"]
     cfg, notes = None, []
     ckpt = manifest.get("source", {}).get("checkpoint")
-    if "pipeline" not in manifest:  # no SlowFast pipeline block: another family (VideoLLaMA3)
-        notes.append(f"{manifest.get('family')} engines: visual tokens are the processor's video budget (the "
-                     "most a video gets before pruning); vision and prefill FLOPs and activations are modelled "
-                     "for SlowFast-LLaVA only, so those lines and floors are left out")
-    elif ckpt and (Path(ckpt) / "config.json").is_file():
+    if ckpt and (Path(ckpt) / "config.json").is_file():
         cfg = json.loads((Path(ckpt) / "config.json").read_text())
     else:
         notes.append(f"source checkpoint {ckpt!r} not found: vision / prefill FLOPs unknown (pass --model CKPT)")
@@ -161,6 +194,14 @@ def from_engines(root: str | Path) -> ModelInfo:
                      manifest.get("context", {}).get("checkpoint_max_position_embeddings", m["max_length"]),
                      engine_file_bytes(root, manifest), manifest, notes, root)
     return info
+
+
+def family_notes(info: ModelInfo) -> list[str]:
+    """What the plan leaves out for this family (Family.plan.vision_modelled False)."""
+    if info.family.plan.vision_modelled:
+        return []
+    return [f"{info.family.name}: the vision graph's FLOPs and activations (frames at their own resolution) are "
+            "not modelled: the vision floor and the vision activation line are left out"]
 
 
 def engines_context(info: ModelInfo) -> int | None:
@@ -175,6 +216,11 @@ def engines_slowfast(info: ModelInfo) -> SlowFastSpec | None:
 
 # --- computed file sizes (presets, checkpoints) ----------------------------------------------------
 
+def clip_vision_params(cfg: dict, g: Geometry) -> int:
+    """The llava_next family's `plan.vision_params`."""
+    return vision_params(g)
+
+
 def vision_params(g: Geometry) -> int:
     """CLIP vision tower up to the feature layer (patch conv, class + position embeddings, pre-LN,
     `v_layers_used` encoder layers) + the mlp2x_gelu projector: what vision.onnx holds."""
@@ -185,16 +231,17 @@ def vision_params(g: Geometry) -> int:
     return embed + g.v_layers_used * layer + projector
 
 
-def llm_file_bytes(g: Geometry, weight_bytes_per_param: float, io: str, context: int) -> float:
+def llm_file_bytes(g: Geometry, weight_bytes_per_param: float, io: str, context: int, bias_params: int = 0) -> float:
     """The builder's decoder without embeddings: matmuls + lm_head at the weight precision, RMSNorm
-    weights and the rotary cos / sin caches ([context, head_dim / 2] each) in the I/O dtype."""
+    weights, the rotary cos / sin caches ([context, head_dim / 2] each) and any biases (Qwen2's q, k,
+    v: the family's `plan.llm_bias_params`) in the I/O dtype."""
     matmuls = (g.llm_linear_params + g.vocab * g.hidden) * weight_bytes_per_param
-    small = ((2 * g.layers + 1) * g.hidden + 2 * context * (g.head_dim // 2)) * BYTES[io]
+    small = ((2 * g.layers + 1) * g.hidden + 2 * context * (g.head_dim // 2) + bias_params) * BYTES[io]
     return matmuls + small
 
 
 def computed_file_bytes(info: ModelInfo, context: int) -> dict:
-    g, d = info.geometry, info.dtypes
-    return {"llm": llm_file_bytes(g, d["llm_weight_bytes_per_param"], d["io"], context),
-            "vision": vision_params(g) * BYTES[d["vision"]], "slowfast": 0, "greedy_step": 0,
+    g, d, rules = info.geometry, info.dtypes, info.family.plan
+    return {"llm": llm_file_bytes(g, d["llm_weight_bytes_per_param"], d["io"], context, rules.llm_bias_params(g)),
+            "vision": rules.vision_params(info.config, g) * BYTES[d["vision"]], "slowfast": 0, "greedy_step": 0,
             "embeddings": info.vocab * info.hidden * BYTES[d["io"]]}

@@ -31,30 +31,27 @@ def load_model(*, preset: str | None = None, checkpoint: str | None = None, engi
 
 
 def settings_for(info: models.ModelInfo, *, frames=None, slow_frames=None, fast_grid=None, max_context=None,
-                 kv_dtype_=None, max_new_tokens=None, efficiency=None) -> Settings:
+                 kv_dtype_=None, max_new_tokens=None, efficiency=None, pruned=None) -> Settings:
     """The settings: flags, else the engines' (manifest: frames `ask` samples, slowfast, context),
-    else the defaults (SPEC: 50 frames,
-    slow 10 / fast 4x4, context min(4096, max_position_embeddings), 128 new tokens)."""
+    else the family's (Family.plan.prompt: e.g. VideoLLaMA3's processor max_frames, video budget and
+    chat template), else the defaults (SPEC: 50 frames, slow 10 / fast 4x4, context min(4096,
+    max_position_embeddings), 128 new tokens)."""
     base = models.engines_slowfast(info) or SlowFastSpec()
     try:
         sf = replace(base, **{k: v for k, v in (("slow_frames", slow_frames), ("fast_grid", fast_grid)) if v is not None})
     except ValueError as e:
         raise SfedgeError(str(e)) from None
     ctx = max_context or models.engines_context(info) or min(4096, info.max_position_embeddings)
-    manifest = info.manifest or {}
-    processor = manifest.get("processor")  # VideoLLaMA3: frames by time, tokens by the video budget
-    engine_frames = manifest.get("pipeline", {}).get("sampling", {}).get("num_frames") or (
-        processor and processor["max_frames"])
-    n = frames or engine_frames or 50
-    budget = None
-    if processor:
-        from ..runtime.videollama3_preprocess import VideoProcessorSpec
-
-        spec = VideoProcessorSpec.from_manifest(processor)
-        budget = n * max(1, spec.max_pixels // n // spec.resample_factor**2)  # merged tokens, frames at the budget
-    s = Settings(frames=n, slowfast=sf, max_context=ctx, kv_dtype=kv_dtype_,
-                 max_new_tokens=max_new_tokens or 128, efficiency=efficiency or 0.5, video_budget_tokens=budget,
-                 **({"text_tokens": _videollama3_text_tokens(info, n)} if processor else {}))
+    rules = info.family.plan.prompt(info)
+    engine_frames = ((info.manifest or {}).get("pipeline", {}).get("sampling", {}).get("num_frames")
+                     or (rules and rules.frames))
+    if pruned is not None and not (rules and rules.prunes):
+        raise SfedgeError(f"--pruned: {info.family.name} engines prune no visual tokens (VideoLLaMA3's compression "
+                          "mask is what --pruned assumes a fraction of)")
+    if pruned is not None and not 0 <= pruned < 1:
+        raise SfedgeError(f"--pruned must be in [0, 1), got {pruned}")
+    s = Settings(frames=frames or engine_frames or 50, slowfast=sf, max_context=ctx, kv_dtype=kv_dtype_,
+                 max_new_tokens=max_new_tokens or 128, efficiency=efficiency or 0.5, rules=rules, pruned=pruned or 0.0)
     if s.frames < 1 or s.max_context < 1 or s.max_new_tokens < 1 or not 0 < s.efficiency <= 1:
         raise SfedgeError("--frames, --max-context and --max-new-tokens must be >= 1, --efficiency in (0, 1]")
     if kv_dtype_ is not None and kv_dtype_ not in models.BYTES:
@@ -62,27 +59,16 @@ def settings_for(info: models.ModelInfo, *, frames=None, slow_frames=None, fast_
     return s
 
 
-def _videollama3_text_tokens(info: models.ModelInfo, frames: int) -> int:
-    """Text positions of a VideoLLaMA3 prompt for `frames` frames one second apart: the chat template
-    and "Time t.ts:" per frame, tokenized by the engines' own tokenizer (runtime/videollama3_prompt)."""
-    from ..runtime.tokenizer import TextTokenizer
-    from ..runtime.videollama3_prompt import PromptSpec, marked_ids
-
-    prompt = PromptSpec.from_manifest(info.manifest["prompt"], info.root)
-    tok = TextTokenizer(info.root / info.manifest["components"]["tokenizer"]["path"])
-    return len(marked_ids(prompt, tok.encode, "What happens in the video?", [float(t) for t in range(frames)])) - frames
-
-
 def make_plan(info: models.ModelInfo, target: Target, s: Settings, make_model=None) -> dict:
     r = fit(info, target, s)
     plan = {
         "model": info.name, "precision": info.precision, "device": info.device, "target": target.to_dict(),
-        "settings": {"frames": s.frames, "slowfast": "video budget" if s.video_budget_tokens else s.slowfast.name(),
-                     "visual_tokens": s.visual_tokens,
+        "settings": {"frames": s.frames, "slowfast": s.rules.label if s.rules else s.slowfast.name(),
+                     "visual_tokens": s.visual_tokens, **({"pruned": s.pruned} if s.rules and s.rules.prunes else {}),
                      "prefill_tokens": s.prefill_tokens, "text_tokens": s.text_tokens, "max_context": s.max_context,
                      "kv_dtype": kv_dtype(info, s), "max_new_tokens": s.max_new_tokens},
         "sizes": "file sizes on disk" if info.file_bytes else "computed from the geometry",
-        **r, "speed": floors(info, target, s), "notes": list(info.notes),
+        **r, "speed": floors(info, target, s), "notes": list(info.notes) + models.family_notes(info),
     }
     plan["levers"] = [] if r["fits"] else levers(info, target, s, make_model)
     return plan
@@ -94,9 +80,10 @@ def _gib(b: float) -> str:
 
 def render(plan: dict) -> str:
     t, st = plan["target"], plan["settings"]
+    pruned = f" ({st['pruned']:.0%} of later frames pruned, assumed)" if st.get("pruned") else ""
     out = [f"plan: {plan['model']} {plan['precision']} ({plan['device']} engines) on {t['label']} "
            f"({t['memory_gib']:g} GiB{' unified' if t['unified'] else ''}, {t['bandwidth_gbps']:g} GB/s)",
-           f"  {st['frames']} frames, {st['slowfast']}: {st['visual_tokens']} visual + {st['text_tokens']} text = "
+           f"  {st['frames']} frames, {st['slowfast']}{pruned}: {st['visual_tokens']} visual + {st['text_tokens']} text = "
            f"{st['prefill_tokens']} prefill tokens, {st['max_new_tokens']} new, context {st['max_context']}, "
            f"KV {st['kv_dtype']}", "", "memory budget:"]
     for ln in plan["lines"]:
@@ -118,7 +105,7 @@ def render(plan: dict) -> str:
             f"{sp['ceilings']['bandwidth_GBps']:g} GB/s):"]
     out += [f"  {k:22} {v:10.2f} ms" for k, v in f.items()]
     if sp["expected_ttft_ms"] is not None:
-        out.append(f"  expected at {sp['efficiency']:.0%} of the floors: TTFT (vision + slowfast + prefill) "
+        out.append(f"  expected at {sp['efficiency']:.0%} of the floors: TTFT ({' + '.join(sp['ttft_stages'])}) "
                    f"{sp['expected_ttft_ms'] / 1e3:.2f} s, decode {sp['expected_decode_tokens_per_s']:.1f} tokens/s")
     else:
         out.append(f"  expected decode at {sp['efficiency']:.0%}: {sp['expected_decode_tokens_per_s']:.1f} tokens/s")
