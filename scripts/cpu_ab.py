@@ -32,15 +32,12 @@ from pathlib import Path
 
 def _open(engines: Path, spec: dict):
     """(Decoder, prefill chunk) for one variant, opened as the runtime opens the LLM."""
-    import numpy as np
-
     from sfedge.manifest import load_manifest
     from sfedge.runtime import engines as eng
-    from sfedge.runtime.generate import Decoder
-    from sfedge.runtime.pipeline import _kv_names, _shares_buffer
+    from sfedge.runtime.pipeline import open_decoder, shares_buffer
 
     manifest = load_manifest(engines)
-    model, comps = manifest["model"], manifest["components"]
+    comps = manifest["components"]
     llm_path = Path(spec["llm"]) / "model.onnx" if "llm" in spec else engines / comps["llm"]["path"]
     plain = eng.session_options
 
@@ -56,10 +53,7 @@ def _open(engines: Path, spec: dict):
         llm = eng.OrtEngine(llm_path, "cpu", threads=int(spec.get("threads", 0)), mem_reuse=True, spinning=spinning)
     finally:
         eng.session_options = plain
-    table = np.load(engines / comps["embeddings"]["path"], mmap_mode="r")
-    dec = Decoder(llm, table, engines / comps["greedy_step"]["path"], kv_names=_kv_names(comps["llm"], model["num_layers"]),
-                  num_kv_heads=model["num_kv_heads"], head_dim=model["head_dim"], max_length=model["max_length"],
-                  shared=_shares_buffer(engines, comps["llm"]))
+    dec = open_decoder(engines, manifest, llm, shares_buffer(engines, comps["llm"]))
     chunk = int(spec["chunk"]) if "chunk" in spec else None
     return dec, chunk
 

@@ -109,11 +109,10 @@ def _open_decoder(root: Path, threads: int, profile_prefix: str):
     """The runtime's OrtEngine + Decoder for the engines' LLM, with ORT's profiler on."""
     from sfedge.manifest import load_manifest
     from sfedge.runtime import engines
-    from sfedge.runtime.generate import Decoder
-    from sfedge.runtime.pipeline import _kv_names, _shares_buffer
+    from sfedge.runtime.pipeline import open_decoder, shares_buffer
 
     manifest = load_manifest(root)
-    model, comps = manifest["model"], manifest["components"]
+    comps = manifest["components"]
     plain = engines.session_options
 
     def profiled(provider, *, threads=0):
@@ -124,15 +123,11 @@ def _open_decoder(root: Path, threads: int, profile_prefix: str):
 
     engines.session_options = profiled
     try:
-        shared = _shares_buffer(root, comps["llm"])
+        shared = shares_buffer(root, comps["llm"])
         llm = engines.OrtEngine(root / comps["llm"]["path"], "cpu", threads=threads, mem_reuse=shared)
     finally:
         engines.session_options = plain
-    table = np.load(root / comps["embeddings"]["path"], mmap_mode="r")
-    dec = Decoder(llm, table, root / comps["greedy_step"]["path"], kv_names=_kv_names(comps["llm"], model["num_layers"]),
-                  num_kv_heads=model["num_kv_heads"], head_dim=model["head_dim"], max_length=model["max_length"],
-                  shared=shared)
-    return manifest, dec
+    return manifest, open_decoder(root, manifest, llm, shared)
 
 
 def _shape(args: dict, key: str) -> list[list[int]]:

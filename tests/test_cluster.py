@@ -160,7 +160,10 @@ def test_follow_ups_reach_the_replica_holding_the_video(cluster, client, pipelin
 
 def test_load_script_short(cluster, short_clips, clip_path):
     """The CI version of the load comparison: scripts/serve_load.py against the two-replica cluster, two
-    videos alternating, 4 at a time: none failed, no 5xx, and both replicas answered."""
+    videos alternating, 4 at a time: none failed, no 5xx, and the replicas' own counters saw every
+    request. Which replicas answer is Ray's routing (both videos may have their affinity on one
+    replica), so the split is not asserted; test_follow_ups_reach_the_replica_holding_the_video
+    covers routing."""
     before = replica_answers(cluster)
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "serve_load.py"), "--url", cluster.url,
                           str(short_clips["mp4-3"]), str(clip_path), "--requests", "12", "--concurrency", "4",
@@ -170,7 +173,7 @@ def test_load_script_short(cluster, short_clips, clip_path):
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["ok"] == 12 and report["failed"] == 0 and report["server_errors_5xx"] == 0
     after = replica_answers(cluster)
-    assert len(after) == 2 and all(after[r] > before.get(r, 0) for r in after), (before, after)
+    assert sum(after.values()) - sum(before.values()) >= 12, (before, after)
 
 
 def replica_answers(cluster) -> dict[str, float]:

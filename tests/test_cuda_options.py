@@ -120,10 +120,10 @@ def test_no_memory_polling_during_timed_runs(monkeypatch, tmp_path):
         def ask(self, *a, **k):
             calls.append(bool(active))
             return SimpleNamespace(timings_ms={"prefill": 1.0, "decode": 2.0, "ttft": 3.0}, token_ids=[1, 2, 3],
-                                   frame_indices=[0], num_visual_tokens=4)
+                                   frame_indices=[0], num_visual_tokens=4, prompt_tokens=9)
 
     monkeypatch.setattr(runner, "PeakMonitor", Monitor)
-    monkeypatch.setattr("sfedge.runtime.pipeline.Pipeline", FakePipeline)
+    monkeypatch.setattr("sfedge.runtime.pipeline.open_pipeline", FakePipeline)
     cfg = runner.BenchConfig(engines=tmp_path, video=tmp_path, runs=3, warmup=0)
     side = runner.bench_engines(cfg, GenerationSpec(max_new_tokens=3), on_cuda=False)
     assert calls == [True, False, False, False]  # one untimed run sampled, three timed runs unsampled

@@ -41,20 +41,17 @@ def open_decoder(engines: str | Path, provider: str = "cpu", *, cuda_graph: bool
     without the vision and slowfast engines. Reads only the manifest's llm, embeddings and greedy_step
     entries (engines exported before the splice graph existed measure too)."""
     from sfedge.runtime.engines import OrtEngine
-    from sfedge.runtime.generate import Decoder
-    from sfedge.runtime.pipeline import _kv_names, _shares_buffer
+    from sfedge.runtime.pipeline import open_decoder as open_pipeline_decoder
+    from sfedge.runtime.pipeline import shares_buffer
 
     root = Path(engines)
     manifest = json.loads((root / "manifest.json").read_text())
-    model, comps = manifest["model"], manifest["components"]
-    shared = _shares_buffer(root, comps["llm"])
+    comps = manifest["components"]
+    shared = shares_buffer(root, comps["llm"])
     llm = OrtEngine(root / comps["llm"]["path"], provider, io=comps["llm"].get("inputs", []),
                     fp16=manifest.get("precision") == "fp16", mem_reuse=shared,
                     cuda_graph=cuda_graph and shared and provider == "cuda")
-    table = np.load(root / comps["embeddings"]["path"], mmap_mode="r")
-    return Decoder(llm, table, root / comps["greedy_step"]["path"],
-                   kv_names=_kv_names(comps["llm"], model["num_layers"]), num_kv_heads=model["num_kv_heads"],
-                   head_dim=model["head_dim"], max_length=model["max_length"], shared=shared)
+    return open_pipeline_decoder(root, manifest, llm, shared)
 
 
 def _prompt(dec, positions: int, seed: int = 0) -> np.ndarray:

@@ -239,16 +239,21 @@ def open_llm_parts(root: Path, manifest: dict, llm, shared: bool) -> tuple[Decod
     embedding table, the tokenizer (checked against the export's canaries), the splice graph on the
     decoder's device, and the EOS ids."""
     model, comps = manifest["model"], manifest["components"]
-    table = np.load(root / comps["embeddings"]["path"], mmap_mode="r")
-    decoder = Decoder(llm, table, root / comps["greedy_step"]["path"],
-                      kv_names=_kv_names(comps["llm"], model["num_layers"]),
-                      num_kv_heads=model["num_kv_heads"], head_dim=model["head_dim"],
-                      max_length=model["max_length"], shared=shared)
+    decoder = open_decoder(root, manifest, llm, shared)
     tokenizer = TextTokenizer(root / comps["tokenizer"]["path"])
     check_canary(tokenizer, manifest)  # the ids the export's tokenizer guard recorded
     splicer = Splicer(root / comps["splice"]["path"], decoder.device_table, decoder.device)
     eos = model.get("eos_token_ids", model.get("eos_token_id"))
     return decoder, tokenizer, splicer, [eos] if isinstance(eos, int) else list(eos or [])
+
+
+def open_decoder(root: Path, manifest: dict, llm, shared: bool) -> Decoder:
+    """The decoder over an opened LLM engine and the engines' embedding table and greedy step."""
+    model, comps = manifest["model"], manifest["components"]
+    table = np.load(root / comps["embeddings"]["path"], mmap_mode="r")
+    return Decoder(llm, table, root / comps["greedy_step"]["path"], kv_names=kv_names(comps["llm"], model["num_layers"]),
+                   num_kv_heads=model["num_kv_heads"], head_dim=model["head_dim"], max_length=model["max_length"],
+                   shared=shared)
 
 
 def _drain(stream: Generator[str, None, AskResult], on_token) -> AskResult:
@@ -273,7 +278,7 @@ def parse_options(text: str) -> list[str]:
     return options
 
 
-def _kv_names(llm: dict, num_layers: int) -> list[tuple[str, str]]:
+def kv_names(llm: dict, num_layers: int) -> list[tuple[str, str]]:
     """(past input, present output) name pairs from the manifest's printf patterns (builder defaults)."""
     kv = llm.get("kv_cache", {})
     pairs = []
