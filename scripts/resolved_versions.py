@@ -3,7 +3,8 @@
 import importlib.metadata as metadata
 
 PACKAGES = ("torch", "transformers", "tokenizers", "sentencepiece", "protobuf", "safetensors", "onnx", "onnxscript",
-            "onnxruntime", "onnxruntime-gpu", "onnxruntime-genai", "numpy", "av", "Pillow", "opencv-python-headless")
+            "onnxruntime", "onnxruntime-gpu", "onnxruntime-genai", "numpy", "av", "Pillow", "opencv-python-headless",
+            "torchvision", "jinja2", "ray")
 
 
 def main() -> None:
