@@ -28,8 +28,9 @@ fi
 # from the configured index (PyPI: a CUDA build, which imports beside a CPU torch through
 # sfedge/torchvision_compat.py), else PyTorch's CPU index; --no-deps: it must never replace torch.
 TV_VERSION=$(python -c "import torch; print('0.%d.*' % (int(torch.__version__.split('.')[1]) + 15))")
-python -m pip show -q torchvision >/dev/null 2>&1 || {
+TV_HAVE=$(python -c "import importlib.metadata as m; print(m.version('torchvision'))" 2>/dev/null || true)
+case "$TV_HAVE" in "${TV_VERSION%\*}"*) ;; *)
     pip install -q --no-deps "torchvision==$TV_VERSION" 2>/dev/null \
-        || pip install -q --no-deps "torchvision==$TV_VERSION" --index-url https://download.pytorch.org/whl/cpu
-}
+        || pip install -q --no-deps "torchvision==$TV_VERSION" --index-url https://download.pytorch.org/whl/cpu ;;
+esac
 pip install -q -e ".[export,bench,serve,cluster,dev]"

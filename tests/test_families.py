@@ -179,3 +179,33 @@ def test_pooled_tokens_stay_on_the_device_and_prefill_gets_the_old_concatenation
     assert kind is ort.OrtValue  # the splice graph's output, fed to prefill where it is
     np.testing.assert_array_equal(embeds, want)  # bit for bit today's host concatenation
     assert result.num_visual_tokens == len(pooled)
+
+
+def test_verify_and_bench_refuse_a_checkpoint_of_another_family(tiny_dir, tiny_vl3_dir):
+    from sfedge.families import check_same_family, get_family
+
+    check_same_family(tiny_dir, get_family("llava_next"))  # its own family: no error
+    with pytest.raises(SfedgeError, match="is a video_llama_3 model but the engines are llava_next"):
+        check_same_family(tiny_vl3_dir, get_family("llava_next"))
+    with pytest.raises(SfedgeError, match="is a llava_next model but the engines are video_llama_3"):
+        check_same_family(tiny_dir, get_family("video_llama_3"))
+    with pytest.raises(SfedgeError, match="unknown model family"):
+        family_of_manifest({"family": ["not", "a", "name"]})  # one line, not a TypeError
+
+
+def test_videollama3_export_refuses_an_unsupported_checkpoint_before_any_work(tiny_vl3_dir, tmp_path):
+    import shutil
+
+    from sfedge.export.videollama3 import check_supported
+
+    check_supported(tiny_vl3_dir)
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_vl3_dir, ckpt)
+    (ckpt / "chat_template.jinja").unlink()
+    with pytest.raises(SfedgeError, match="no chat template"):
+        check_supported(ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["vision_config"]["patch_size"] = 16
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SfedgeError, match="patch size 16"):
+        check_supported(ckpt)

@@ -48,7 +48,8 @@ def open_decoder(engines: str | Path, provider: str = "cpu", *, cuda_graph: bool
     manifest = json.loads((root / "manifest.json").read_text())
     comps = manifest["components"]
     shared = shares_buffer(root, comps["llm"])
-    llm = OrtEngine(root / comps["llm"]["path"], provider, io=comps["llm"].get("inputs", []),
+    # as Pipeline: the LLM's GroupQueryAttention runs on the CUDA EP when the vision graphs use TensorRT
+    llm = OrtEngine(root / comps["llm"]["path"], "cuda" if provider == "tensorrt" else provider, io=comps["llm"].get("inputs", []),
                     fp16=manifest.get("precision") == "fp16", mem_reuse=shared,
                     cuda_graph=cuda_graph and shared and provider == "cuda")
     return open_pipeline_decoder(root, manifest, llm, shared)

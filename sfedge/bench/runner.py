@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cache import cache_dir
-from ..families import family_of_manifest
+from ..families import check_same_family, family_of_manifest
 from ..manifest import load_manifest
 from ..spec import GenerationSpec, PipelineSpec
 from . import roofline
@@ -210,8 +210,9 @@ def _checkpoint_config(checkpoint: str | None) -> dict | None:
 
 
 def _geometry(cfg_dict: dict | None):
-    """The roofline geometry of a SlowFast-LLaVA checkpoint config; None for another model (the
-    floors are then left out)."""
+    """The roofline geometry of a checkpoint config (its LLM; the vision terms are CLIP's and are
+    used only for a family whose `plan.vision_modelled`); None when it cannot be read (the floors
+    are then left out)."""
     try:
         return roofline.Geometry.from_config(cfg_dict) if cfg_dict else None
     except (KeyError, TypeError, ValueError):
@@ -233,6 +234,7 @@ def _side_report(side: SideResult, floors: dict) -> dict:
 def run_bench(cfg: BenchConfig, log=print) -> dict:
     """Run the whole benchmark; return the report dict (see report.py for its rendering)."""
     manifest = load_manifest(cfg.engines, verify_files=False)
+    family = family_of_manifest(manifest)
     on_cuda = cfg.provider != "cpu"
     gen = GenerationSpec(max_new_tokens=cfg.new_tokens, ignore_eos=True)
     precision = manifest.get("precision", "fp32")
@@ -257,7 +259,8 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         if ceilings is None or geom is None:
             return {}
         return roofline.floors_ms(geom, ceilings, frames=eng.info["frames"], prefill_tokens=n_prefill,
-                                  new_tokens=cfg.new_tokens, weight_bytes=weight_bytes, act_bytes=act_bytes)
+                                  new_tokens=cfg.new_tokens, weight_bytes=weight_bytes, act_bytes=act_bytes,
+                                  vision=family.plan.vision_modelled)
 
     report = {
         "engines": str(cfg.engines), "provider": cfg.provider, "precision": precision, "video": str(cfg.video),
@@ -269,9 +272,10 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     if cfg.reference:
         if checkpoint is None:
             raise ValueError("no reference checkpoint: pass --model or use --no-reference")
+        check_same_family(checkpoint, family)
         dtype = reference_dtype(precision, on_cuda)
         log(f"reference: {checkpoint} ({dtype}, {'cuda' if on_cuda else 'cpu'}) ...")
-        ref = family_of_manifest(manifest).bench_reference(cfg, gen, manifest, checkpoint, dtype, on_cuda)
+        ref = family.bench_reference(cfg, gen, manifest, checkpoint, dtype, on_cuda)
         ref_bytes = 2 if dtype == "float16" else 4
         report["reference"] = _side_report(ref, floors(ref.info["weight_bytes"], ref_bytes))
         e, r = report["engine"]["stages_ms"], report["reference"]["stages_ms"]

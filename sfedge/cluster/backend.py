@@ -89,6 +89,7 @@ class RayBackend:
         for attempt in range(ATTEMPTS):
             replica, seen = None, False
             call = self.handle.options(stream=True, multiplexed_model_id=key).generate.remote(request)
+            ended = False
             try:
                 async for kind, value in call:
                     if kind == "replica":
@@ -102,10 +103,15 @@ class RayBackend:
                             self.replica_reused.labels(replica).inc(value.reused_prompt_tokens)
                     if kind in ("done", "error", "cancelled"):
                         self.replica_requests.labels(replica, kind).inc()
+                        ended = True
                     job.emit(kind, value)
+                if not ended:  # a stream that stops without its last event must not leave the client waiting
+                    job.emit("error", Unavailable(f"the engine replica ({replica}) ended without an answer: retry"))
                 return
             except asyncio.CancelledError:
                 call.cancel()
+                if not job.cancelled.is_set():  # not the client's withdrawal: the ingress is stopping
+                    job.emit("error", Unavailable("the server is shutting down"))
                 raise
             except BackPressureError as e:
                 waiting = e.args[0] if e.args else None  # (num_queued_requests, max_queued_requests, ...)
@@ -121,6 +127,10 @@ class RayBackend:
                 log.warning("engine replica %s died before the answer reached the client: sent again", replica)
             except RayTaskError as e:  # the replica raised (e.g. its worker was stopping): the cause, once
                 job.emit("error", e.cause if isinstance(e.cause, Exception) else e)
+                return
+            except Exception as e:  # noqa: BLE001 - e.g. Ray Serve's ReplicaUnavailableError: a 503, never a hang
+                log.warning("engine call failed: %r", e)
+                job.emit("error", Unavailable(f"no engine replica could answer ({type(e).__name__}); retry the request"))
                 return
 
 

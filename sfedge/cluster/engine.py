@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -110,8 +111,12 @@ class Engine:
         if "data" not in request:
             return Path(request["video"]), False
         fd, name = tempfile.mkstemp(suffix=request["suffix"], dir=self.tmp)
-        with os.fdopen(fd, "wb") as f:
-            f.write(request["data"])
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(request["data"])
+        except BaseException:  # e.g. a full disk: no partial upload left behind
+            os.unlink(name)
+            raise
         return Path(name), True
 
     def check_health(self) -> None:
@@ -123,3 +128,5 @@ class Engine:
         worker = getattr(self, "worker", None)
         if worker is not None:
             worker.stop(timeout=5)
+        if getattr(self, "tmp", None) is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)  # uploads of answers cut short by the stop

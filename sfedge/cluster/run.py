@@ -63,7 +63,8 @@ def serve_on_ray(config: ClusterConfig, host: str, port: int, *, ray_address: st
                 signal.signal(s, handler)
         log.info("stopping: running answers get %g s", config.serve.grace)
         serve.delete(APP_NAME)
-        serve.shutdown()
+        if not ray_address:  # Serve on a cluster we joined belongs to others too: only our app goes
+            serve.shutdown()
     finally:
         ray.shutdown()
     return 0

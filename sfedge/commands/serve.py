@@ -90,6 +90,7 @@ def _serve_on_ray(config, args) -> int:
         raise SfedgeError(f"sfedge serve --ray needs the [cluster] extra ({e.name} is missing): "
                           "pip install 'sfedge[cluster]'") from None
     config.engines = config.engines.resolve()  # the replicas' working directory is not ours
+    config.allowed_dirs = [d.resolve() for d in config.allowed_dirs]
     cluster = ClusterConfig(serve=config, replicas=1 if args.replicas is None else args.replicas,
                             autoscale=parse_autoscale(args.autoscale) if args.autoscale else None,
                             gpus_per_replica=args.gpus_per_replica, threads_per_replica=args.threads_per_replica,

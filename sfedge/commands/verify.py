@@ -55,19 +55,21 @@ def format_report(report: dict) -> str:
 
 
 def run(args) -> int:
-    from ..families import family_of_manifest
+    from ..families import check_same_family, family_of_manifest
     from ..manifest import load_manifest
     from ..runtime.pipeline import parse_options
     from ..synthetic import make_clip
 
     existing_path(args.engines, "engines directory")
     manifest = load_manifest(args.engines, trust_stamps=False)  # an integrity check re-hashes every file
+    family = family_of_manifest(manifest)
+    check_same_family(args.model, family)
     utf8_text(args.question, "question")
     options = parse_options(utf8_text(args.options, "--options value")) if args.options is not None else None
     with tempfile.TemporaryDirectory() as tmp:
         video = existing_path(args.video, "video") if args.video else make_clip(Path(tmp) / "clip.mp4", 60, seed=0)
-        report = family_of_manifest(manifest).verify(args.engines, args.model, video, args.question, options,
-                                                     args.max_new_tokens, args.provider)
+        report = family.verify(args.engines, args.model, video, args.question, options,
+                                   args.max_new_tokens, args.provider)
     weights = report.get("int4_weights")
     if args.json:
         print_json(report)

@@ -104,6 +104,18 @@ def export(name: str, ckpt: Path, family, root: Path, precision: str, device: st
     return build(name, ckpt, root, precision, device, max_frames, validate, progress, context)
 
 
+def check_supported(ckpt: Path) -> None:
+    """One-line SfedgeError, before any work, for a checkpoint this exporter cannot handle: a vision
+    tower other than patch 14 / RGB, or no chat template (the prompt comes from the checkpoint's)."""
+    vision = json.loads((ckpt / "config.json").read_text()).get("vision_config", {})
+    patch, channels = vision.get("patch_size", 14), vision.get("num_channels", 3)
+    if (patch, channels) != (14, 3):
+        raise SfedgeError(f"{ckpt}: vision patch size {patch} with {channels} channels; this exporter supports 14 / 3")
+    if not (ckpt / "chat_template.jinja").is_file():
+        raise SfedgeError(f"{ckpt}: no chat template (chat_template.jinja): VideoLLaMA3's prompt comes from the "
+                          f"checkpoint's own template")
+
+
 def build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_frames: int, validate: bool,
           progress: bool, context: dict) -> dict:
     """Fill `root` (a fresh scratch directory) with the engines; return the manifest as written."""
@@ -124,6 +136,7 @@ def build(name: str, ckpt: Path, root: Path, precision: str, device: str, max_fr
 
     if validate:
         require_torchvision()  # validation runs transformers' processor: refuse in a second, not after the builder
+    check_supported(ckpt)  # likewise what the vision graph and the prompt need
     started = time.perf_counter()
     bar = _Stages(STAGES if validate else STAGES[:6], progress)
     try:

@@ -19,7 +19,8 @@ from .video_llama_3 import VIDEO_LLAMA_3
 FAMILIES: dict[str, Family] = {f.name: f for f in (LLAVA_NEXT, VIDEO_LLAMA_3)}
 DEFAULT = LLAVA_NEXT.name  # what a manifest without "family" holds
 
-__all__ = ["FAMILIES", "Family", "PromptContext", "VisualBlock", "family_for_checkpoint", "family_for_model_type",
+__all__ = ["FAMILIES", "Family", "PromptContext", "VisualBlock", "check_same_family", "family_for_checkpoint",
+           "family_for_model_type",
            "family_of_manifest", "get_family"]
 
 
@@ -27,7 +28,7 @@ def get_family(name: str) -> Family:
     """The family called `name`; SfedgeError naming the known ones otherwise."""
     try:
         return FAMILIES[name]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: a manifest whose "family" is not a string
         raise SfedgeError(f"unknown model family {name!r}; this sfedge knows {', '.join(FAMILIES)}") from None
 
 
@@ -54,3 +55,14 @@ def family_for_checkpoint(ckpt: str | Path) -> Family:
 def family_of_manifest(manifest: dict) -> Family:
     """The family an engines directory was exported for (manifest "family"; absent: llava_next)."""
     return get_family(manifest.get("family", DEFAULT))
+
+
+def check_same_family(checkpoint: str | Path, family: Family) -> None:
+    """SfedgeError (one line) unless the reference checkpoint (a directory or a tiny model's name)
+    is of the engines' family: verify and bench compare engines only with their own kind of model."""
+    from ..models.tiny import resolve_model
+
+    theirs = family_for_checkpoint(resolve_model(checkpoint))
+    if theirs is not family:
+        raise SfedgeError(f"the checkpoint {checkpoint} is a {theirs.name} model but the engines are {family.name}: "
+                          f"pass the checkpoint the engines were exported from (--model)")

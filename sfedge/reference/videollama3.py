@@ -51,8 +51,9 @@ def require_torchvision() -> None:
     try:
         import torchvision  # noqa: F401
     except ImportError as e:
-        raise SfedgeError("the VideoLLaMA3 reference needs torchvision (pip install -e '.[export]'; "
-                          f"scripts/setup.sh installs the build matching torch): {e}") from None
+        raise SfedgeError("the VideoLLaMA3 reference needs torchvision, the release matching torch: "
+                          "scripts/setup.sh installs it, or pip install --no-deps 'torchvision==0.<torch minor + 15>.*' "
+                          f"({e})") from None
 
 
 def load_processor(ckpt: str | Path):

@@ -121,7 +121,7 @@ class Answerer:
         if len(items) > dec.max_length:
             raise SfedgeError(f"the prompt needs {len(items)} positions ({n_visual} visual tokens for "
                               f"{visual.num_frames} frames + {plan.num_text} text tokens) but the engines' context "
-                              f"holds {dec.max_length}: use fewer frames or export with a larger context")
+                              f"holds {dec.max_length}: use fewer frames (or a smaller visual budget) or export with a larger context")
         timings = {"slowfast": 0.0}
         start = self.prefix.prepare(items, keep=plan.visual_end)
         if start < plan.visual_end:  # some visual tokens must be prefilled: pool the features, on the device
@@ -130,7 +130,7 @@ class Answerer:
             pooled = self.pool(features, on_device=True)
             timings["slowfast"] = (time.perf_counter() - t) * 1e3
             if num_rows(pooled) != n_visual:
-                raise SfedgeError(f"the slowfast engine made {num_rows(pooled)} visual tokens for {visual.num_frames} "
+                raise SfedgeError(f"the visual stage made {num_rows(pooled)} visual tokens for {visual.num_frames} "
                                   f"frames, its manifest's settings say {n_visual}: engines and manifest disagree")
             embeds = self.splicer.embeds(plan, pooled, start)
         else:  # only text after the visual tokens is new

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from ..errors import SfedgeError
 from .engines import Engine
 from .videollama3_preprocess import VideoInputs
 
@@ -42,6 +43,6 @@ class VideoLlama3Encoder:
         """The visual tokens the LLM sees: [kept, D], frame by frame, in raster order."""
         feats = self.features(video, timings)
         if feats.shape[:2] != video.keep.shape:
-            raise ValueError(f"the vision engine made features {list(feats.shape)} for a keep mask "
+            raise SfedgeError(f"the vision engine made features {list(feats.shape)} for a keep mask "
                              f"{list(video.keep.shape)}: engines and preprocessing disagree")
         return feats.reshape(-1, feats.shape[-1])[video.keep.reshape(-1)]

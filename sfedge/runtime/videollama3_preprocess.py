@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -202,17 +201,6 @@ def preprocess_frames(frames: list[np.ndarray] | np.ndarray, indices: list[int],
     return VideoInputs(patchify(pixels, spec.patch_size, spec.merge_size), position_ids(gh, gw, spec.merge_size),
                        keep, (t, gh, gw), list(indices), timestamps(indices, source_fps), (height, width))
 
-
-def load_and_preprocess(path: str | Path, spec: VideoProcessorSpec = VideoProcessorSpec(),
-                        prune: bool = True) -> VideoInputs:
-    """A video file or an image directory (read at IMAGE_DIR_FPS) -> VideoInputs."""
-    from .video import frame_rate, load_video
-
-    fps = frame_rate(path) if not Path(path).is_dir() else IMAGE_DIR_FPS
-    if fps is None:
-        raise SfedgeError(f"{path} states no frame rate: VideoLLaMA3 samples frames by time and needs one")
-    clip = load_video(path, sampler=lambda total: sample_indices(total, fps, spec))
-    return preprocess_frames(clip.frames, clip.indices, fps, spec, prune)
 
 
 def _stack(frames) -> np.ndarray:

@@ -228,6 +228,8 @@ class Worker:
             final = ("error", e)
         finally:  # the upload is gone before the client hears the answer is complete
             m.running.set(0)
-            task.release()
-            job.emit(*final)
+            try:
+                task.release()
+            finally:
+                job.emit(*final)
             self._mean_s = 0.8 * self._mean_s + 0.2 * (time.perf_counter() - started)
