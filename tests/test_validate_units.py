@@ -75,3 +75,29 @@ def test_llm_case_reads_a_bf16_table(tiny_dir, tmp_path):
     assert stored.dtype == torch.bfloat16
     assert np.array_equal(case["table"], stored.detach().float().numpy())
     assert case["prefill"][0][0].dtype == np.float32 and np.isfinite(case["prefill"][-1][1]).all()
+
+
+def test_a_graph_onnx_runtime_cannot_load_fails_its_own_check_named(tmp_path):
+    """Both families' compare() run their checks through run_checks: an ONNX Runtime error becomes a
+    failed, named check in the report (the verdict then lists it); any other error propagates."""
+    import onnxruntime as ort
+
+    from sfedge.export.validate import _GraphFailed, run_checks, verdict
+    from sfedge.errors import ValidationError
+
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+
+    def chain():
+        raise _GraphFailed("the decoder did not load")
+
+    report = {}
+    run_checks(report, [("vision", lambda: {"rel": 0.0, "cosine": 1.0, "passed": True}),
+                        ("llm", lambda: ort.InferenceSession(str(broken))), ("chain", chain)])
+    assert report["vision"]["passed"] and not report["llm"]["passed"] and not report["chain"]["passed"]
+    assert report["llm"]["failure"].startswith("llm: the graph failed to run (")
+    assert report["chain"]["failure"] == "chain: the graph failed to run (the decoder did not load)"
+    with pytest.raises(ValidationError, match="llm: the graph failed to run.*chain: the graph failed"):
+        verdict(report, ["vision", "llm", "chain"])
+    with pytest.raises(ZeroDivisionError):  # a bug in a check is not a graph failure
+        run_checks({}, [("vision", lambda: 1 / 0)])

@@ -273,27 +273,22 @@ def compare(root: Path, manifest: dict, cases: dict, device: str = "cpu", on_ste
     comps = manifest["components"]
     report = {"metric": "rel = max|onnx - ref| / max|ref|; cosine of mean-centred outputs",
               "frame_counts": frame_counts(manifest["model"]["max_frames"])}
-    sess = None
-    for name in ("vision", "slowfast", "llm", "chain"):
-        if on_step:
-            on_step(name)
-        try:
-            if name == "llm":
-                sess = session(root / comps["llm"]["path"], device)
-                report["llm"] = check_llm(sess, root, comps["llm"], cases["llm"], comps["llm"]["precision"], device)
-            elif name == "chain":
-                if sess is None:
-                    raise _GraphFailed("the decoder did not load")
-                report["chain"] = check_chain(sess, root, manifest, cases["chain"], device)
-            else:
-                check = check_vision if name == "vision" else check_slowfast
-                report[name] = check(root / comps[name]["path"], cases[name], comps[name]["precision"], device)
-        except Exception as e:  # a graph that ONNX Runtime cannot load or run fails its check, named
-            if not isinstance(e, _GraphFailed) and not type(e).__module__.startswith("onnxruntime"):
-                raise
-            message = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            report[name] = {"rel": float("inf"), "cosine": 0.0, "passed": False,
-                            "failure": f"{name}: the graph failed to run ({message})"}
+    decoder = {}
+
+    def llm() -> dict:
+        decoder["session"] = session(root / comps["llm"]["path"], device)
+        return check_llm(decoder["session"], root, comps["llm"], cases["llm"], comps["llm"]["precision"], device)
+
+    def chain() -> dict:
+        if "session" not in decoder:
+            raise _GraphFailed("the decoder did not load")
+        return check_chain(decoder["session"], root, manifest, cases["chain"], device)
+
+    run_checks(report, [
+        ("vision", lambda: check_vision(root / comps["vision"]["path"], cases["vision"], comps["vision"]["precision"], device)),
+        ("slowfast", lambda: check_slowfast(root / comps["slowfast"]["path"], cases["slowfast"],
+                                            comps["slowfast"]["precision"], device)),
+        ("llm", llm), ("chain", chain)], on_step)
     checks = ("vision", "slowfast", "llm", "chain")
     if "int4_weights" in cases:
         report["int4_weights"] = {k: v for k, v in cases["int4_weights"].items() if k != "mismatches"} | {
@@ -305,6 +300,23 @@ def compare(root: Path, manifest: dict, cases: dict, device: str = "cpu", on_ste
         if report["int4_weights"]["enforced"]:
             checks += ("int4_weights",)
     return verdict(report, checks)
+
+
+def run_checks(report: dict, steps, on_step=None) -> None:
+    """Run each (name, check) in order into report[name]; `on_step(name)` first (progress). A graph
+    that ONNX Runtime cannot load or run fails its own check, named, instead of ending the export
+    with a traceback; any other error propagates."""
+    for name, check in steps:
+        if on_step:
+            on_step(name)
+        try:
+            report[name] = check()
+        except Exception as e:
+            if not isinstance(e, _GraphFailed) and not type(e).__module__.startswith("onnxruntime"):
+                raise
+            message = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            report[name] = {"rel": float("inf"), "cosine": 0.0, "passed": False,
+                            "failure": f"{name}: the graph failed to run ({message})"}
 
 
 def verdict(report: dict, checks) -> dict:

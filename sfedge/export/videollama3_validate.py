@@ -23,7 +23,7 @@ import torch
 
 from ..errors import ValidationError
 from ..parity import errors
-from .validate import _summary, check_llm, int4_settings, llm_case, llm_step, session, verdict
+from .validate import _GraphFailed, _summary, check_llm, int4_settings, llm_case, llm_step, run_checks, session, verdict
 from .videollama3_vision import PATCH_DIM, position_ids
 
 VISION_SHAPES = ((1, 2, 2), (3, 6, 8), (7, 10, 4))  # (frames, grid h, grid w)
@@ -96,16 +96,20 @@ def compare(root, manifest: dict, cases: dict, device: str = "cpu", on_step=None
     comps = manifest["components"]
     report = {"metric": "rel = max|onnx - ref| / max|ref|; cosine of mean-centred outputs",
               "vision_shapes": [c["name"] for c in cases["vision"]]}
-    if on_step:
-        on_step("vision")
-    report["vision"] = check_vision(root / comps["vision"]["path"], cases["vision"], comps["vision"]["precision"], device)
-    if on_step:
-        on_step("llm")
-    sess = session(root / comps["llm"]["path"], device)
-    report["llm"] = check_llm(sess, root, comps["llm"], cases["llm"], comps["llm"]["precision"], device)
-    if on_step:
-        on_step("chain")
-    report["chain"] = check_chain(sess, root, manifest, cases["chain"], device)
+    decoder = {}
+
+    def llm() -> dict:
+        decoder["session"] = session(root / comps["llm"]["path"], device)
+        return check_llm(decoder["session"], root, comps["llm"], cases["llm"], comps["llm"]["precision"], device)
+
+    def chain() -> dict:
+        if "session" not in decoder:
+            raise _GraphFailed("the decoder did not load")
+        return check_chain(decoder["session"], root, manifest, cases["chain"], device)
+
+    run_checks(report, [
+        ("vision", lambda: check_vision(root / comps["vision"]["path"], cases["vision"], comps["vision"]["precision"], device)),
+        ("llm", llm), ("chain", chain)], on_step)
     checks = ["vision", "llm", "chain"]
     if "int4_weights" in cases:
         report["int4_weights"] = {k: v for k, v in cases["int4_weights"].items() if k != "mismatches"} | {
