@@ -273,22 +273,11 @@ def compare(root: Path, manifest: dict, cases: dict, device: str = "cpu", on_ste
     comps = manifest["components"]
     report = {"metric": "rel = max|onnx - ref| / max|ref|; cosine of mean-centred outputs",
               "frame_counts": frame_counts(manifest["model"]["max_frames"])}
-    decoder = {}
-
-    def llm() -> dict:
-        decoder["session"] = session(root / comps["llm"]["path"], device)
-        return check_llm(decoder["session"], root, comps["llm"], cases["llm"], comps["llm"]["precision"], device)
-
-    def chain() -> dict:
-        if "session" not in decoder:
-            raise _GraphFailed("the decoder did not load")
-        return check_chain(decoder["session"], root, manifest, cases["chain"], device)
-
     run_checks(report, [
         ("vision", lambda: check_vision(root / comps["vision"]["path"], cases["vision"], comps["vision"]["precision"], device)),
         ("slowfast", lambda: check_slowfast(root / comps["slowfast"]["path"], cases["slowfast"],
                                             comps["slowfast"]["precision"], device)),
-        ("llm", llm), ("chain", chain)], on_step)
+        *decoder_steps(root, manifest, cases, device, check_chain)], on_step)
     checks = ("vision", "slowfast", "llm", "chain")
     if "int4_weights" in cases:
         report["int4_weights"] = {k: v for k, v in cases["int4_weights"].items() if k != "mismatches"} | {
@@ -300,6 +289,23 @@ def compare(root: Path, manifest: dict, cases: dict, device: str = "cpu", on_ste
         if report["int4_weights"]["enforced"]:
             checks += ("int4_weights",)
     return verdict(report, checks)
+
+
+def decoder_steps(root: Path, manifest: dict, cases: dict, device: str, check_chain) -> list:
+    """The ("llm", ...) and ("chain", ...) checks every family runs: the decoder's logits, then the
+    family's whole chain (`check_chain(session, root, manifest, case, device)`) on the same session."""
+    comps, decoder = manifest["components"], {}
+
+    def llm() -> dict:
+        decoder["session"] = session(root / comps["llm"]["path"], device)
+        return check_llm(decoder["session"], root, comps["llm"], cases["llm"], comps["llm"]["precision"], device)
+
+    def chain() -> dict:
+        if "session" not in decoder:
+            raise _GraphFailed("the decoder did not load")
+        return check_chain(decoder["session"], root, manifest, cases["chain"], device)
+
+    return [("llm", llm), ("chain", chain)]
 
 
 def run_checks(report: dict, steps, on_step=None) -> None:

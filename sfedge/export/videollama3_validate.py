@@ -23,7 +23,8 @@ import torch
 
 from ..errors import ValidationError
 from ..parity import errors
-from .validate import _GraphFailed, _summary, check_llm, int4_settings, llm_case, llm_step, run_checks, session, verdict
+from .validate import (_summary, decoder_steps, int4_settings, llm_case, llm_step, run_checks, session,
+                       verdict)
 from .videollama3_vision import PATCH_DIM, position_ids
 
 VISION_SHAPES = ((1, 2, 2), (3, 6, 8), (7, 10, 4))  # (frames, grid h, grid w)
@@ -96,20 +97,9 @@ def compare(root, manifest: dict, cases: dict, device: str = "cpu", on_step=None
     comps = manifest["components"]
     report = {"metric": "rel = max|onnx - ref| / max|ref|; cosine of mean-centred outputs",
               "vision_shapes": [c["name"] for c in cases["vision"]]}
-    decoder = {}
-
-    def llm() -> dict:
-        decoder["session"] = session(root / comps["llm"]["path"], device)
-        return check_llm(decoder["session"], root, comps["llm"], cases["llm"], comps["llm"]["precision"], device)
-
-    def chain() -> dict:
-        if "session" not in decoder:
-            raise _GraphFailed("the decoder did not load")
-        return check_chain(decoder["session"], root, manifest, cases["chain"], device)
-
     run_checks(report, [
         ("vision", lambda: check_vision(root / comps["vision"]["path"], cases["vision"], comps["vision"]["precision"], device)),
-        ("llm", llm), ("chain", chain)], on_step)
+        *decoder_steps(root, manifest, cases, device, check_chain)], on_step)
     checks = ["vision", "llm", "chain"]
     if "int4_weights" in cases:
         report["int4_weights"] = {k: v for k, v in cases["int4_weights"].items() if k != "mismatches"} | {
