@@ -145,7 +145,7 @@ def bench_reference(cfg: BenchConfig, gen: GenerationSpec, manifest: dict, check
     if on_cuda:
         torch.cuda.reset_peak_memory_stats()
 
-    def one_run() -> dict:
+    def one_run(ref) -> dict:
         marks = [time.perf_counter()]
 
         def mark() -> None:
@@ -173,17 +173,32 @@ def bench_reference(cfg: BenchConfig, gen: GenerationSpec, manifest: dict, check
                 "decode_ms_per_token": (marks[-1] - first[0]) * 1e3 / max(1, len(new_ids) - 1),
                 "e2e": sum(ms), "new_tokens": len(new_ids)}
 
+    def llm_weight_bytes(ref) -> int:
+        return (sum(p.numel() * p.element_size() for n, p in ref.model.named_parameters()
+                    if "language_model" in n and "embed_tokens" not in n)
+                + ref.model.lm_head.weight.numel() * ref.model.lm_head.weight.element_size())
+
+    return time_reference(
+        side, cfg, on_cuda, lambda: SlowFastLlava.from_pretrained(checkpoint, dtype=getattr(torch, dtype),
+                                                                  device=device, spec=spec),
+        one_run, llm_weight_bytes)
+
+
+def time_reference(side: SideResult, cfg: BenchConfig, on_cuda: bool, load, one_run, llm_weight_bytes) -> SideResult:
+    """Every family's reference side: `load()` the model and warm it up (peak memory is sampled over
+    these only), then `cfg.runs` timed `one_run(model)`s; record the LLM's weight bytes
+    (`llm_weight_bytes(model)`: what one decode step reads) and free the model."""
+    import torch
+
     with PeakMonitor() as mon:  # loading and the untimed runs only
-        ref = SlowFastLlava.from_pretrained(checkpoint, dtype=getattr(torch, dtype), device=device, spec=spec)
+        ref = load()
         for _ in range(max(1, cfg.warmup)):
-            one_run()
-    side.runs = [one_run() for _ in range(cfg.runs)]
+            one_run(ref)
+    side.runs = [one_run(ref) for _ in range(cfg.runs)]
     side.peak_rss_mb = mon.peak_rss_mb
     if on_cuda:
         side.peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20
-    side.info.update(weight_bytes=sum(p.numel() * p.element_size() for n, p in ref.model.named_parameters()
-                                      if "language_model" in n and "embed_tokens" not in n)
-                     + ref.model.lm_head.weight.numel() * ref.model.lm_head.weight.element_size())
+    side.info.update(weight_bytes=llm_weight_bytes(ref))
     del ref
     gc.collect()
     if on_cuda:

@@ -11,11 +11,9 @@ breakdown is not counted twice). `generate` is held to N new tokens (min_new_tok
 
 from __future__ import annotations
 
-import gc
 import time
 
-from .memory import PeakMonitor
-from .runner import SideResult
+from .runner import SideResult, time_reference
 
 
 def bench_reference(cfg, gen, manifest: dict, checkpoint: str, dtype: str, on_cuda: bool) -> SideResult:
@@ -43,7 +41,7 @@ def bench_reference(cfg, gen, manifest: dict, checkpoint: str, dtype: str, on_cu
         def end(self):
             pass
 
-    def one_run() -> dict:
+    def one_run(ref) -> dict:
         t0 = time.perf_counter()
         frames, fps = decoded(cfg.video)
         t1 = time.perf_counter()
@@ -70,18 +68,11 @@ def bench_reference(cfg, gen, manifest: dict, checkpoint: str, dtype: str, on_cu
                 "decode_ms_per_token": (t4 - first) * 1e3 / max(1, len(new) - 1),
                 "e2e": (t4 - t0) * 1e3 - (t3 - t2) * 1e3, "new_tokens": len(new)}
 
-    with PeakMonitor() as mon:  # loading and the untimed runs only
-        ref = VideoLlama3Reference(resolve_model(checkpoint), getattr(torch, dtype), device)
-        for _ in range(max(1, cfg.warmup)):
-            one_run()
-    side.runs = [one_run() for _ in range(cfg.runs)]
-    side.peak_rss_mb = mon.peak_rss_mb
-    if on_cuda:
-        side.peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20
-    lm = ref.model.model.language_model
-    side.info.update(weight_bytes=sum(p.numel() * p.element_size() for n, p in lm.named_parameters()
-                                      if "embed_tokens" not in n)
-                     + ref.model.lm_head.weight.numel() * ref.model.lm_head.weight.element_size())
-    del ref
-    gc.collect()
-    return side
+    def llm_weight_bytes(ref) -> int:
+        lm = ref.model.model.language_model
+        return (sum(p.numel() * p.element_size() for n, p in lm.named_parameters() if "embed_tokens" not in n)
+                + ref.model.lm_head.weight.numel() * ref.model.lm_head.weight.element_size())
+
+    return time_reference(side, cfg, on_cuda,
+                          lambda: VideoLlama3Reference(resolve_model(checkpoint), getattr(torch, dtype), device),
+                          one_run, llm_weight_bytes)
