@@ -254,6 +254,8 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     gen = GenerationSpec(max_new_tokens=cfg.new_tokens, ignore_eos=True)
     precision = manifest.get("precision", "fp32")
     checkpoint = cfg.model or manifest.get("source", {}).get("checkpoint")
+    if cfg.reference and checkpoint is not None:
+        check_same_family(checkpoint, family)  # before minutes of engine runs
 
     ceilings = None
     if cfg.roofline:
@@ -287,7 +289,6 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     if cfg.reference:
         if checkpoint is None:
             raise ValueError("no reference checkpoint: pass --model or use --no-reference")
-        check_same_family(checkpoint, family)
         dtype = reference_dtype(precision, on_cuda)
         log(f"reference: {checkpoint} ({dtype}, {'cuda' if on_cuda else 'cpu'}) ...")
         ref = family.bench_reference(cfg, gen, manifest, checkpoint, dtype, on_cuda)
